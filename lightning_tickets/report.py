@@ -1,0 +1,130 @@
+"""Run reports: ``summary.json``, the per-round table and the score-vs-sparsity plot.
+
+Example:
+    >>> rows = [{"round": 0, "sparsity": 0.0, "score": 0.80}, {"round": 1, "sparsity": 0.5, "score": 0.795},
+    ...         {"round": 2, "sparsity": 0.7, "score": 0.70}]
+    >>> best_relaxed_ticket(rows, dense_score=0.80, tolerance=0.99, mode="max")["round"]
+    1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def keeps_score(score: float | None, dense_score: float | None, tolerance: float, mode: str) -> bool:
+    """Whether ``score`` keeps ``tolerance`` of the dense score.
+
+    ``mode="max"``: ``score >= tolerance * dense``; ``mode="min"`` (e.g. a loss): ``score <= dense / tolerance``.
+    """
+    if score is None or dense_score is None or math.isnan(score) or math.isnan(dense_score):
+        return False
+    if mode == "max":
+        return score >= tolerance * dense_score
+    return score <= dense_score / tolerance
+
+
+def relative_score(score: float | None, dense_score: float | None) -> float | None:
+    """``score / dense_score`` (None when either is missing or the dense score is 0)."""
+    if score is None or dense_score in (None, 0):
+        return None
+    return score / dense_score
+
+
+def best_relaxed_ticket(
+    rows: Sequence[dict[str, Any]], dense_score: float | None, tolerance: float, mode: str
+) -> dict[str, Any] | None:
+    """The pruned round with the highest sparsity whose score keeps ``tolerance`` of dense (None if none does)."""
+    winners = [r for r in rows if r["sparsity"] > 0 and keeps_score(r.get("score"), dense_score, tolerance, mode)]
+    return max(winners, key=lambda r: r["sparsity"]) if winners else None
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON through a temporary file in the same directory, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def format_table(
+    rows: Sequence[dict[str, Any]], monitor: str | None, dense_score: float | None, tolerance: float, mode: str
+) -> str:
+    """Plain-text per-round table (round, sparsity, score, score/dense, relaxed winning ticket marker)."""
+    name = monitor or "score"
+    lines = [f"{'round':>5}  {'sparsity':>8}  {name:>14}  {'/dense':>7}  {'kept ' + format(tolerance, '.0%'):>9}"]
+    for r in rows:
+        score = r.get("score")
+        rel = relative_score(score, dense_score)
+        ok = "dense" if r["round"] == 0 else ("yes" if keeps_score(score, dense_score, tolerance, mode) else "no")
+        lines.append(
+            f"{r['round']:>5}  {r['sparsity']:>8.2%}  {'-' if score is None else format(score, '.4f'):>14}  "
+            f"{'-' if rel is None else format(rel, '.3f'):>7}  {ok:>9}"
+        )
+    return "\n".join(lines)
+
+
+def plot_summary(summaries: Sequence[dict[str, Any]], path: str | Path, labels: Sequence[str] | None = None) -> Path:
+    """Score vs sparsity PNG for one or more ``summary.json`` dicts (dense line, tolerance line, winner marked).
+
+    Raises:
+        ImportError: if matplotlib is missing (install ``lightning-tickets[demo]``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("plotting needs matplotlib: pip install 'lightning-tickets[demo]'") from err
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, summary in enumerate(summaries):
+        rows = [r for r in summary["rounds"] if r.get("score") is not None]
+        label = labels[i] if labels else summary.get("label", summary.get("method", f"run {i}"))
+        xs = [100 * r["sparsity"] for r in rows]
+        ys = [r["score"] for r in rows]
+        (line,) = ax.plot(xs, ys, marker="o", label=label)
+        dense = summary.get("dense_score")
+        if dense is not None and i == 0:
+            ax.axhline(dense, color="gray", linestyle="--", linewidth=1, label="dense")
+            tol = summary.get("tolerance", 0.99)
+            target = dense * tol if summary.get("mode", "max") == "max" else dense / tol
+            ax.axhline(target, color="gray", linestyle=":", linewidth=1, label=f"{tol:.0%} of dense")
+        best = summary.get("best_relaxed_ticket")
+        if best is not None:
+            ax.plot(
+                [100 * best["sparsity"]],
+                [best["score"]],
+                marker="*",
+                markersize=16,
+                color=line.get_color(),
+                linestyle="none",
+                label=f"relaxed winning ticket ({best['sparsity']:.0%})",
+            )
+    ax.set_xlabel("sparsity of the pruned scope (%)")
+    ax.set_ylabel(summaries[0].get("monitor") or "score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

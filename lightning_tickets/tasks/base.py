@@ -1,0 +1,187 @@
+"""Shared plumbing of task modules: backbone + head, AdamW with a "new layers" learning rate, warm-up + decay.
+
+A task module owns a :class:`~lightning_tickets.backbones.VLBackbone` (``self.backbone``) and a task head
+(``self.head``); the lottery-ticket callback prunes/rewinds the backbone and resets the head. Learning-rate
+schedule length: **one pruning round** when a :class:`LotteryTicketCallback` is attached (each round is a full
+fine-tune and the callback re-creates optimizers and schedulers after every prune), else the whole fit.
+
+Parameter groups (AdamW):
+
+* pre-trained backbone parameters: ``lr``;
+* new layers: the head, plus the backbone parameters that were not initialised from a checkpoint (UNITER built
+  from a BERT checkpoint: ``img_embeddings.*``), see ``new_backbone_params``: ``lr * head_lr_multiplier``;
+* biases and LayerNorm weights get no weight decay (BERT convention).
+
+Example:
+    >>> import torch
+    >>> from lightning_tickets.backbones import Uniter
+    >>> class Cls(TaskModule):
+    ...     def __init__(self, backbone, lr: float = 1e-4):
+    ...         super().__init__(backbone, lr=lr)
+    ...         self.head = torch.nn.Linear(backbone.hidden_size, 2)
+    >>> opt = Cls(Uniter("tiny", img_dim=4)).configure_optimizers()["optimizer"]
+    >>> sorted({g["lr"] for g in opt.param_groups})  # everything is new in a randomly initialised backbone
+    [0.001]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_tickets.backbones.base import VLBackbone
+
+log = logging.getLogger(__name__)
+
+try:  # Lightning >= 2.3: hyper-parameters given by LightningCLI (nested class_path dicts) instead of init locals
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # pragma: no cover
+    _given_hyperparameters = None
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.dim() < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
+
+
+def schedule_length(trainer: Any) -> int | None:
+    """Optimizer steps the LR schedule spans: one IMP round if a ticket callback says so, else the whole fit.
+
+    Returns ``None`` when unknown or unbounded (then the schedule stays constant after warm-up).
+    """
+    if trainer is None:
+        return None
+    try:
+        from lightning_tickets.callback import steps_per_round
+    except ImportError:
+        steps_per_round = None
+    if steps_per_round is not None:
+        n = steps_per_round(trainer)
+        if n is not None:
+            return int(n)
+    try:
+        n = trainer.estimated_stepping_batches
+    except Exception:  # noqa: BLE001 - e.g. no dataloader attached yet
+        return None
+    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+        return None
+    return int(n)
+
+
+class TaskModule(L.LightningModule):
+    """Base LightningModule of every task: ``backbone`` + ``head``, optimizer and LR schedule.
+
+    Subclasses build ``self.head`` after calling ``super().__init__`` and implement the steps.
+
+    Args:
+        backbone: the vision-and-language backbone (a nested ``class_path``/``init_args`` in yaml).
+        lr: AdamW learning rate of pre-trained parameters.
+        head_lr_multiplier: learning-rate multiplier of new layers (the head and ``new_backbone_params``).
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_steps: linear warm-up length: an ``int`` number of optimizer steps, or a ``float`` in ``[0, 1)``
+            as a fraction of the schedule length (one IMP round, or the whole fit).
+        lr_schedule: ``"linear"`` (decay to 0 at the end of the round/fit) or ``"constant"`` after warm-up.
+        new_backbone_params: which backbone parameters count as new layers: ``"auto"`` (those the backbone reports
+            as not loaded from a checkpoint, :meth:`VLBackbone.new_parameter_names`), ``"none"``, or a list of
+            parameter-name prefixes (e.g. ``["img_embeddings."]``).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+    """
+
+    backbone: VLBackbone
+    head: nn.Module
+
+    def __init__(
+        self,
+        backbone: VLBackbone,
+        lr: float = 5e-5,
+        head_lr_multiplier: float = 10.0,
+        weight_decay: float = 0.01,
+        warmup_steps: int | float = 0,
+        lr_schedule: Literal["linear", "constant"] = "linear",
+        new_backbone_params: str | Sequence[str] = "auto",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
+        # Outside LightningCLI the backbone is a module (its weights are in the checkpoint anyway): don't pickle it.
+        self.save_hyperparameters(ignore=[] if from_cli else ["backbone"])
+        if lr_schedule not in ("linear", "constant"):
+            raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}")
+        if isinstance(warmup_steps, float) and not 0.0 <= warmup_steps < 1.0:
+            raise ValueError(f"a float warmup_steps is a fraction in [0, 1); got {warmup_steps}")
+        self.backbone = backbone
+        self.lr = lr
+        self.head_lr_multiplier = head_lr_multiplier
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.lr_schedule = lr_schedule
+        self.new_backbone_params = new_backbone_params
+        self.betas = tuple(betas)
+        self.eps = eps
+
+    # ------------------------------------------------------------------ parameter groups
+    def new_parameter_names(self) -> set[str]:
+        """Qualified names (``backbone.*`` / ``head.*``) of the parameters trained with the new-layer rate."""
+        names = {f"head.{n}" for n, _ in self.head.named_parameters()} if hasattr(self, "head") else set()
+        spec = self.new_backbone_params
+        if spec == "auto":
+            names |= {f"backbone.{n}" for n in self.backbone.new_parameter_names()}
+        elif spec == "none":
+            pass
+        else:
+            prefixes = (spec,) if isinstance(spec, str) else tuple(spec)
+            names |= {f"backbone.{n}" for n, _ in self.backbone.named_parameters() if n.startswith(prefixes)}
+        return names
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups (pre-trained / new x decay / no decay); empty groups are dropped."""
+        new = self.new_parameter_names()
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            groups.setdefault((name in new, _no_decay(name, p)), []).append(p)
+        out = []
+        for (is_new, no_decay), params in sorted(groups.items()):
+            out.append(
+                {
+                    "params": params,
+                    "lr": self.lr * (self.head_lr_multiplier if is_new else 1.0),
+                    "weight_decay": 0.0 if no_decay else self.weight_decay,
+                    "name": f"{'new' if is_new else 'pretrained'}{'_no_decay' if no_decay else ''}",
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ schedule
+    def lr_lambda(self, total_steps: int | None) -> Any:
+        """Multiplier of the base LR at optimizer step ``s`` (warm-up, then linear decay or constant)."""
+        warm = self.warmup_steps
+        if isinstance(warm, float):
+            warm = int(round(warm * total_steps)) if total_steps else 0
+        warm = max(0, int(warm))
+        linear = self.lr_schedule == "linear" and total_steps is not None and total_steps > 0
+
+        def fn(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            if not linear:
+                return 1.0
+            return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+        return fn
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over :meth:`parameter_groups` + a per-step ``LambdaLR`` spanning one IMP round (or the fit)."""
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps)
+        trainer = getattr(self, "_trainer", None)
+        total = schedule_length(trainer)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

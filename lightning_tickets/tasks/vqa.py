@@ -1,0 +1,129 @@
+"""Visual question answering as multi-label classification over an answer vocabulary (UNITER recipe).
+
+Head: ``Linear(H, 2H) -> GELU -> LayerNorm -> Linear(2H, num_answers)`` on the pooled output; loss:
+binary cross-entropy with logits against the soft target scores, times ``num_answers`` (as UNITER); metric: the
+official VQA score (:class:`~lightning_tickets.metrics.VQAScore`), logged as ``val/vqa_score`` (alias ``val/acc``)
+and ``test/vqa_score``.
+
+Batches are dicts with the backbone's keys plus ``targets`` (``[B, num_answers]`` soft scores).
+
+Example:
+    >>> import torch
+    >>> from lightning_tickets.backbones import Uniter
+    >>> model = VQA(Uniter("tiny", img_dim=6), num_answers=5)
+    >>> batch = {"input_ids": torch.tensor([[101, 5, 102]]), "img_feat": torch.randn(1, 2, 6),
+    ...          "img_pos_feat": torch.rand(1, 2, 7), "targets": torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.3]])}
+    >>> model(batch).shape
+    torch.Size([1, 5])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_tickets.backbones.base import VLBackbone
+from lightning_tickets.metrics.vqa import VQAScore
+from lightning_tickets.tasks.base import TaskModule
+
+
+class VQAHead(nn.Sequential):
+    """UNITER's VQA head: ``Linear(H, 2H) -> GELU -> LayerNorm -> Dropout -> Linear(2H, num_answers)``."""
+
+    def __init__(self, hidden_size: int, num_answers: int, dropout: float = 0.0) -> None:
+        super().__init__(
+            nn.Linear(hidden_size, 2 * hidden_size),
+            nn.GELU(),
+            nn.LayerNorm(2 * hidden_size, eps=1e-12),
+            nn.Dropout(dropout),
+            nn.Linear(2 * hidden_size, num_answers),
+        )
+
+
+class VQA(TaskModule):
+    """VQA fine-tuning of a vision-and-language backbone.
+
+    Args:
+        backbone: any :class:`~lightning_tickets.backbones.VLBackbone`.
+        num_answers: size of the answer vocabulary (3129 for VQA v2 as in UNITER, 13 for easy-VQA).
+        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
+            :class:`~lightning_tickets.tasks.base.TaskModule`.
+        head_dropout: dropout before the last head layer.
+    """
+
+    def __init__(
+        self,
+        backbone: VLBackbone,
+        num_answers: int = 3129,
+        lr: float = 5e-5,
+        head_lr_multiplier: float = 10.0,
+        weight_decay: float = 0.01,
+        warmup_steps: int | float = 0,
+        lr_schedule: Literal["linear", "constant"] = "linear",
+        new_backbone_params: str | Sequence[str] = "auto",
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            backbone,
+            lr=lr,
+            head_lr_multiplier=head_lr_multiplier,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            lr_schedule=lr_schedule,
+            new_backbone_params=new_backbone_params,
+        )
+        self.num_answers = int(num_answers)
+        self.head = VQAHead(backbone.hidden_size, self.num_answers, head_dropout)
+        self._init_head()
+        self.val_score = VQAScore()
+        self.test_score = VQAScore()
+
+    def _init_head(self) -> None:
+        for m in self.head.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Answer logits ``[B, num_answers]``."""
+        return self.head(self.backbone(batch).pooled)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """UNITER's VQA loss: mean BCE-with-logits over all (question, answer) pairs x ``num_answers``."""
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype)) * targets.shape[1]
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.loss(logits, batch["targets"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        logits = self(batch)
+        self.log("val/loss", self.loss(logits, batch["targets"]), batch_size=logits.shape[0], sync_dist=True)
+        self.val_score.update(logits, batch["targets"])
+
+    def on_validation_epoch_end(self) -> None:
+        score = self.val_score.compute()
+        self.log("val/vqa_score", score, prog_bar=True)
+        self.log("val/acc", score)
+        self.val_score.reset()
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        logits = self(batch)
+        self.log("test/loss", self.loss(logits, batch["targets"]), batch_size=logits.shape[0], sync_dist=True)
+        self.test_score.update(logits, batch["targets"])
+
+    def on_test_epoch_end(self) -> None:
+        score = self.test_score.compute()
+        self.log("test/vqa_score", score)
+        self.log("test/acc", score)
+        self.test_score.reset()
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        """Predicted answer indices ``[B]``."""
+        return self(batch).argmax(dim=1)
