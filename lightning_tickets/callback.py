@@ -108,6 +108,12 @@ class LotteryTicketCallback(Callback):
         ticket_dir: directory for ``round-RR.safetensors`` tickets and ``summary.json``.
         ticket: path of an existing ticket: train with that mask fixed (no pruning rounds).
         ticket_remap: prefix remapping of the fixed ticket's names (see :meth:`Ticket.apply`).
+        ticket_mask: with ``ticket``: train the ticket's own mask (``"ticket"``), a random mask of the same global
+            sparsity (``"random"``) or of the same per-tensor sparsities (``"random_matched"``) — the RP baseline.
+        ticket_weights: with ``ticket``: the weights the mask is applied to: ``"init"`` (the model's weights at fit
+            start), ``"shuffled"`` (θ″, shuffled within each tensor), ``"reinit"`` (random re-initialisation), or
+            the path of a checkpoint (θ′: ``.safetensors``, ``.ckpt`` or ``torch.save`` file, keys = parameter
+            names).
         overwrite: allow a non-empty ``ticket_dir`` from another run (its ticket files are removed first).
         seed: seed of the random-pruning generator (``method="random"``).
         snapshot_device: where the rewind snapshot lives (``"cpu"`` keeps device memory free).
@@ -138,6 +144,8 @@ class LotteryTicketCallback(Callback):
         ticket_dir: str = "tickets",
         ticket: Optional[str] = None,
         ticket_remap: Optional[dict[str, str]] = None,
+        ticket_mask: Literal["ticket", "random", "random_matched"] = "ticket",
+        ticket_weights: str = "init",
         overwrite: bool = False,
         seed: int = 0,
         snapshot_device: str = "cpu",
@@ -146,6 +154,12 @@ class LotteryTicketCallback(Callback):
         super().__init__()
         self.fixed_ticket_path = ticket
         self.ticket_remap = dict(ticket_remap) if ticket_remap else None
+        if ticket_mask not in ("ticket", "random", "random_matched"):
+            raise ValueError(f"ticket_mask={ticket_mask!r} is unknown; use 'ticket', 'random' or 'random_matched'")
+        self.ticket_mask = ticket_mask
+        self.ticket_weights = ticket_weights
+        if ticket is None and (ticket_mask != "ticket" or ticket_weights != "init"):
+            raise ValueError("ticket_mask / ticket_weights only apply with ticket=PATH (fixed-ticket training)")
         if ticket is None:
             if (epochs_per_round is None) == (steps_per_round is None):
                 raise ValueError(
@@ -378,11 +392,46 @@ class LotteryTicketCallback(Callback):
         return take_snapshot({n: params[n] for n in self._snapshot_names(pl_module)}, self.snapshot_device)
 
     def _start_fixed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning_tickets import baselines
+
+        if self._loaded is not None:  # resuming a fixed-ticket run: the checkpoint holds weights and masks
+            params = dict(pl_module.named_parameters())
+            self._params = {n: params[n] for n in self._loaded["scope_names"]}
+            self._restore(self._loaded, params)
+            self._loaded = None
+            self.sparsities = [sparsity_of(self.state.masks)]
+            self.target_sparsity = self.sparsities[0]
+            return
         ticket = Ticket.load(self.fixed_ticket_path)
-        masks = ticket.apply(pl_module, strict=True, remap=self.ticket_remap)
+        if self.ticket_mask != "ticket":
+            meta = ticket.metadata
+            ticket = baselines.random_ticket(ticket, matched=self.ticket_mask == "random_matched", seed=self.seed)
+            ticket.metadata.update({k: meta[k] for k in ("round", "score") if k in meta})
         params = dict(pl_module.named_parameters())
+        if self.ticket_weights == "shuffled":
+            mapped = ticket.apply(pl_module, strict=True, remap=self.ticket_remap)  # validates and zeroes
+            baselines.shuffle_weights(pl_module, list(mapped), seed=self.seed)
+        elif self.ticket_weights == "reinit":
+            mapped = ticket.apply(pl_module, strict=True, remap=self.ticket_remap)
+            baselines.reinit_weights(pl_module, list(mapped), seed=self.seed)
+        elif self.ticket_weights != "init":
+            report = baselines.load_weights(pl_module, self.ticket_weights, strict=False)
+            if not report["matched"]:
+                raise ValueError(
+                    f"ticket_weights={self.ticket_weights!r} matched no parameter of {type(pl_module).__name__} "
+                    f"(missing e.g. {report['missing'][:5]})"
+                )
+            rank_zero_info(
+                f"[lightning-tickets] loaded {len(report['matched'])} tensors from {self.ticket_weights} "
+                f"({len(report['missing'])} model tensors not in the file, {len(report['shape_mismatch'])} shape "
+                "mismatches kept their current values)"
+            )
+        broadcast_tensors_(params)  # every rank starts from rank 0's (transformed) weights
+        masks = ticket.apply(pl_module, strict=True, remap=self.ticket_remap)
+        masks = broadcast_masks(masks) if is_distributed() else masks
         self._params = {n: params[n] for n in masks}
         self.state.masks = masks
+        self._apply_masks()
         self.state.round = 0
         self.sparsities = [sparsity_of(masks)]
         self.target_sparsity = self.sparsities[0]
@@ -659,7 +708,7 @@ class LotteryTicketCallback(Callback):
                 f"checkpoint holds LotteryTicketCallback state version {state_dict.get('version')}, newer than this "
                 f"lightning-tickets {__version__} reads ({_STATE_VERSION}); upgrade lightning-tickets"
             )
-        if self.fixed_ticket_path is None and state_dict.get("config") != self._config():
+        if state_dict.get("config") != self._config():
             raise ValueError(
                 f"the checkpoint was written by a LotteryTicketCallback configured as {state_dict.get('config')}, "
                 f"but this one is configured as {self._config()}; resume with the same settings"

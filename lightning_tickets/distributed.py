@@ -60,3 +60,38 @@ def broadcast_object(obj: Any, strategy=None, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks (returns a new CPU tensor; identity in a single process)."""
+    if not is_distributed():
+        return t
+    buf = t.clone()
+    if dist.get_backend() != "gloo" and torch.cuda.is_available():
+        buf = buf.cuda()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.cpu()
+
+
+def exclusive_prefix_sum(n: int) -> int:
+    """Sum of ``n`` over the ranks below this one (0 on rank 0 and in a single process)."""
+    if not is_distributed():
+        return 0
+    t = torch.tensor([n], dtype=torch.int64)
+    if dist.get_backend() != "gloo" and torch.cuda.is_available():
+        t = t.cuda()
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return int(sum(int(x.item()) for x in out[: dist.get_rank()]))
+
+
+def histogram_reducers() -> dict:
+    """Keyword arguments for :func:`lightning_tickets.masks.global_magnitude_masks` on sharded scopes.
+
+    Example:
+        >>> from lightning_tickets.masks import global_magnitude_masks
+        >>> import torch
+        >>> global_magnitude_masks({"w": torch.tensor([3.0, 1.0])}, sparsity=0.5, **histogram_reducers())["w"].tolist()
+        [True, False]
+    """
+    return {"all_reduce": all_reduce_sum, "prefix_sum": exclusive_prefix_sum}

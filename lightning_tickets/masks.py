@@ -84,6 +84,7 @@ def select_lowest(
     k: int,
     absolute: bool = False,
     all_reduce: Reduce | None = None,
+    prefix_sum: Callable[[int], int] | None = None,
 ) -> list[torch.Tensor]:
     """Prune the ``k`` lowest-scoring alive entries; return new keep masks (dead entries stay pruned).
 
@@ -93,7 +94,10 @@ def select_lowest(
         k: how many alive entries to prune, ``0 <= k <= alive count``.
         absolute: rank by absolute value (magnitude pruning) without allocating ``|w|``.
         all_reduce: optional sum-reduction of the histograms across processes, for scores split over ranks
-            (each rank passes its own shard; ties among equal scores are then broken in rank-local order).
+            (each rank passes its own shard).
+        prefix_sum: with ``all_reduce``: maps this rank's count to the sum of the counts of lower ranks, so that
+            ties are broken in the global order "rank 0's shard, then rank 1's, ..." (the result then equals the
+            single-process result on the concatenated shards, bit for bit).
     """
     n_alive = sum(int(a.sum()) for a in alive)
     if all_reduce is not None:
@@ -115,6 +119,14 @@ def select_lowest(
     lo, below_lo = _find_bin(lo_counts, k - below)
     threshold = (hi << 16) | lo
     ties_left = k - below - below_lo  # entries equal to the threshold that must still go (>= 1)
+    if prefix_sum is not None:
+        local_eq = 0
+        for score, keep in zip(scores, alive):
+            flat_keep = keep.reshape(-1)
+            for start, chunk in _chunks(score):
+                eq = _keys(chunk, absolute) == threshold
+                local_eq += int(eq.logical_and_(flat_keep[start : start + chunk.numel()]).sum())
+        ties_left = max(0, ties_left - prefix_sum(local_eq))
     out = []
     for score, keep in zip(scores, alive):
         new = torch.empty_like(keep)
@@ -173,11 +185,16 @@ def global_magnitude_masks(
     masks: Mapping[str, torch.Tensor] | None = None,
     sparsity: float = 0.0,
     all_reduce: Reduce | None = None,
+    prefix_sum: Callable[[int], int] | None = None,
 ) -> Masks:
     """One global threshold on ``|w|`` over all tensors: exactly ``round(sparsity * N)`` pruned in total.
 
     Equal to ``torch.nn.utils.prune.global_unstructured(..., pruning_method=L1Unstructured, amount=sparsity)`` applied
     to the already-masked weights (up to tie-breaking, which is deterministic here).
+
+    With ``all_reduce`` (and ``prefix_sum``) each process passes its own shard of the scope (e.g. FSDP shards): the
+    histograms are summed across processes so every rank finds the same exact threshold without gathering weights
+    (see :func:`lightning_tickets.distributed.histogram_reducers`).
     """
     alive = _alive(params, masks)
     total = sum(p.numel() for p in params.values())
@@ -186,7 +203,8 @@ def global_magnitude_masks(
         both = all_reduce(torch.tensor([total, n_alive], dtype=torch.int64))
         total, n_alive = int(both[0]), int(both[1])
     k = _prune_count(total, n_alive, sparsity, "global magnitude pruning")
-    new = select_lowest([p.detach() for p in params.values()], alive, k, absolute=True, all_reduce=all_reduce)
+    new = select_lowest([p.detach() for p in params.values()], alive, k, absolute=True, all_reduce=all_reduce,
+                        prefix_sum=prefix_sum)
     return dict(zip(params.keys(), new))
 
 

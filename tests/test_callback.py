@@ -449,3 +449,21 @@ def test_snapshot_is_a_true_copy(tmp_path):
     for n, p in model.named_parameters():
         assert cb.state.snapshot[n].untyped_storage().data_ptr() != p.untyped_storage().data_ptr()
     assert copy.deepcopy(cb.state_dict())["snapshot"] is not None
+
+
+def test_fixed_ticket_that_does_not_fit_the_model(tmp_path):
+    from lightning_tickets import TicketError
+
+    masks = {"encoder.layer.0.intermediate.dense.weight": torch.ones(3, 3, dtype=torch.bool)}  # wrong shape
+    Ticket(masks).save(tmp_path / "bad_shape.safetensors")
+    cb = LotteryTicketCallback(ticket=str(tmp_path / "bad_shape.safetensors"), ticket_dir=str(tmp_path / "t"))
+    with pytest.raises(TicketError, match=r"encoder.layer.0.intermediate.dense.weight.*shape"):
+        trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**SMALL))
+    Ticket({"model.encoder.x.weight": torch.ones(2, 2, dtype=torch.bool)}).save(tmp_path / "bad_name.safetensors")
+    cb = LotteryTicketCallback(ticket=str(tmp_path / "bad_name.safetensors"), ticket_dir=str(tmp_path / "t"))
+    with pytest.raises(TicketError, match=r"model.encoder.x.weight"):
+        trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**SMALL))
+    (tmp_path / "truncated.safetensors").write_bytes((tmp_path / "bad_name.safetensors").read_bytes()[:40])
+    cb = LotteryTicketCallback(ticket=str(tmp_path / "truncated.safetensors"), ticket_dir=str(tmp_path / "t"))
+    with pytest.raises(TicketError, match=r"truncated.safetensors"):
+        trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**SMALL))

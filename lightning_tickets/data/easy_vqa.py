@@ -91,13 +91,18 @@ def region_features(
         >>> feat.shape, boxes[1].tolist()
         (torch.Size([2, 768]), [0.5, 0.0, 1.0, 0.5, 0.5, 0.5, 0.25])
     """
+    feat, boxes = _region_arrays(image, region_size, threshold)
+    return torch.from_numpy(feat), torch.from_numpy(boxes)
+
+
+def _region_arrays(image: np.ndarray, region_size: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     h, w = image.shape[:2]
     box = detect_foreground_box(image, threshold)
     x1, y1, x2, y2 = box if box is not None else (0, 0, w, h)
-    crops = [_resize(image, region_size), _resize(np.ascontiguousarray(image[y1:y2, x1:x2]), region_size)]
-    feat = torch.from_numpy(np.stack([c.transpose(2, 0, 1).reshape(-1) for c in crops]))
+    crops = (_resize(image, region_size), _resize(np.ascontiguousarray(image[y1:y2, x1:x2]), region_size))
+    feat = np.stack([c.transpose(2, 0, 1).reshape(-1) for c in crops])
     bw, bh = (x2 - x1) / w, (y2 - y1) / h
-    boxes = torch.tensor([WHOLE_IMAGE_BOX, (x1 / w, y1 / h, x2 / w, y2 / h, bw, bh, bw * bh)], dtype=torch.float32)
+    boxes = np.array([WHOLE_IMAGE_BOX, (x1 / w, y1 / h, x2 / w, y2 / h, bw, bh, bw * bh)], dtype=np.float32)
     return feat, boxes
 
 
@@ -119,8 +124,10 @@ def load_region_features(
     key = (split, region_size, float(threshold))
     if key not in _FEATURES:
         ids, images = load_images(split)
-        pairs = [region_features(img, region_size, threshold) for img in images]
-        _FEATURES[key] = (ids, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+        pairs = [_region_arrays(img, region_size, threshold) for img in images]
+        feat = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        boxes = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        _FEATURES[key] = (ids, feat, boxes)
     return _FEATURES[key]
 
 

@@ -1,0 +1,136 @@
+"""Shared helpers of the benchmark scripts: the ~22M-weight model, synthetic data, step timers and robust statistics.
+
+The model is :class:`lightning_tickets.toy.ToyClassifier` sized so that its ``"encoder"`` scope (the Linear weights
+of ``encoder.layer.N`` and ``pooler.dense``) holds ~22.0M weights: ``hidden=1024, ffn=5120, num_layers=2`` gives
+2 x 2 x 1024 x 5120 + 1024 x 1024 = 22,020,096 weights in scope (plus a 256 -> 1024 embedding and a 4-class head
+outside it). Training uses the model's AdamW (``lr=3e-3``, PyTorch's default ``weight_decay=0.01``).
+
+Not a test module: run the scripts next to it, e.g. ``python benchmarks/overhead.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_tickets.scope import resolve_scope
+from lightning_tickets.toy import ToyClassifier
+
+#: Model size used by every benchmark (22,020,096 weights in the "encoder" scope).
+MODEL_KW: dict[str, int] = {"in_features": 256, "hidden": 1024, "ffn": 5120, "num_layers": 2, "num_classes": 4}
+
+
+def build_model(seed: int = 0, **overrides: int) -> ToyClassifier:
+    """The benchmark model, initialised from ``seed`` (the same seed gives the same weights)."""
+    torch.manual_seed(seed)
+    return ToyClassifier(**{**MODEL_KW, **overrides})
+
+
+def scope_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The weights the callback prunes (``"encoder"`` scope), by qualified parameter name."""
+    return dict(resolve_scope(model, "encoder"))
+
+
+def make_loader(batch_size: int, num_batches: int, in_features: int = MODEL_KW["in_features"],
+                num_classes: int = MODEL_KW["num_classes"], seed: int = 1) -> DataLoader:
+    """``num_batches`` batches of Gaussian inputs with random labels (no shuffling, no workers)."""
+    g = torch.Generator().manual_seed(seed)
+    n = batch_size * num_batches
+    x = torch.randn(n, in_features, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+class StepTimes:
+    """Train-step timer made of two callbacks: put ``timer.start`` FIRST and ``timer.end`` LAST in ``callbacks``.
+
+    A step is timed from the first ``on_train_batch_start`` hook to the last ``on_train_batch_end`` hook, so it
+    covers forward, backward, optimizer step and every other callback's batch hooks (e.g. applying masks). The first
+    ``warmup`` steps of the fit are discarded (allocator warm-up, lazily created optimizer state).
+    """
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.times: list[float] = []
+        self._t0 = 0.0
+        self._seen = 0
+        timer = self
+
+        class _Start(Callback):
+            def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+                timer._t0 = time.perf_counter()
+
+        class _End(Callback):
+            def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                                   batch_idx: int) -> None:
+                dt = time.perf_counter() - timer._t0
+                timer._seen += 1
+                if timer._seen > timer.warmup:
+                    timer.times.append(dt)
+
+        self.start = _Start()
+        self.end = _End()
+
+
+def make_trainer(callbacks: Sequence[Callback], max_steps: int) -> lightning.Trainer:
+    """A quiet single-CPU trainer: no logger, checkpoints, progress bar, model summary or validation."""
+    return lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        max_epochs=1,
+        callbacks=list(callbacks),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def rel_mad(xs: Sequence[float]) -> float:
+    """Robust relative spread: ``1.4826 * median(|x - median(x)|) / median(x)`` (~ relative std for normal data)."""
+    if len(xs) < 2:
+        return 0.0
+    m = median(xs)
+    return 1.4826 * median([abs(x - m) for x in xs]) / m
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "loadavg_1_5_15": load,
+    }

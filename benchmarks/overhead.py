@@ -1,0 +1,238 @@
+"""Per-step training overhead of ``LotteryTicketCallback`` vs bare Lightning and Lightning's ``ModelPruning``.
+
+What it measures: the median wall time of one training step (``on_train_batch_start`` of the first callback to
+``on_train_batch_end`` of the last: forward, backward, AdamW step and every callback's batch hooks) of a model with
+22,020,096 prunable Linear weights (:mod:`common`: ``ToyClassifier(hidden=1024, ffn=5120, num_layers=2)``), on the
+CPU with ``torch.set_num_threads(2)``, batch 128, AdamW (weight decay 0.01), in these settings:
+
+* ``bare``: plain ``Trainer.fit``, no pruning;
+* ``ours``: ``LotteryTicketCallback`` training a fixed ticket at ``--sparsity`` (global magnitude masks of the
+  initial weights, installed through the public ``ticket=`` argument), so every timed step runs with the masks
+  live: the callback multiplies the scope weights by their bool masks after every optimizer step;
+* ``modelpruning``: ``lightning.pytorch.callbacks.ModelPruning("l1_unstructured", amount=--sparsity,
+  use_global_unstructured=True)`` over the same Linear weights, pruning once at train start (a subclass only moves
+  the one ``apply_pruning`` call there; the per-step mechanism, ``torch.nn.utils.prune``'s ``weight_orig *
+  weight_mask`` forward pre-hook, is Lightning's own). ``use_lottery_ticket_hypothesis=False``: its rewinding only
+  acts at pruning time and is not timed;
+* ``proposed``: ``LotteryTicketCallback`` with the change proposed in ``docs/performance.md`` (on the CPU, multiply
+  by a copy of the masks in the parameters' dtype, so PyTorch runs a vectorised same-dtype multiply instead of its
+  scalar dtype-casting loop for float x bool).
+
+Each trial runs one short fit per setting (``--warmup`` steps discarded, then ``--steps`` timed), in a rotating
+interleaved order (ABCD, BCDA, ...), so load from other processes hits every setting alike. The figure of a setting
+is the median of its per-trial medians; ratios are against ``bare``.
+
+Pass/fail rule (exit status): ``noise`` = robust relative spread of the bare per-trial medians
+(1.4826 x MAD / median). ``ours`` PASSES if ``ratio <= --target`` (1.03); it is WITHIN NOISE (exit 0, with a
+warning) if ``--target < ratio <= --target + noise``; otherwise it FAILS and the script exits 1.
+
+Run (default ~2 minutes on an idle 2-core machine; longer under load)::
+
+    python benchmarks/overhead.py --batch-size 128 --steps 10 --trials 5 --sparsity 0.7 --json overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import StepTimes, build_model, machine_info, make_loader, make_trainer, median, rel_mad, scope_params
+from lightning.pytorch.callbacks import ModelPruning
+
+from lightning_tickets import LotteryTicketCallback
+from lightning_tickets.masks import global_magnitude_masks
+from lightning_tickets.ticket import Ticket
+
+SETTINGS = ("bare", "ours", "modelpruning", "proposed")
+
+
+class PruneAtTrainStart(ModelPruning):
+    """Lightning's ``ModelPruning``, pruning once at train start instead of at the end of the first epoch."""
+
+    def __init__(self, amount: float, **kwargs: Any) -> None:
+        super().__init__(amount=amount, apply_pruning=False, **kwargs)  # never again at epoch end
+        self._amount_at_start = amount
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.apply_pruning(self._amount_at_start)
+
+
+class ProposedTicketCallback(LotteryTicketCallback):
+    """``LotteryTicketCallback`` with the proposed ``_apply_masks`` (see ``docs/performance.md``)."""
+
+    @torch.no_grad()
+    def _apply_masks(self) -> None:
+        masks = self.state.masks
+        if not masks:
+            return
+        params = [self._params[n] for n in masks]
+        cache = getattr(self, "_mask_factors", None)
+        if cache is None or cache[0] is not masks:  # st.masks is replaced (never mutated) when the mask changes
+            factors = [m.to(p.dtype) if p.device.type == "cpu" else m for p, m in zip(params, masks.values())]
+            cache = self._mask_factors = (masks, factors)
+        torch._foreach_mul_(params, cache[1])
+
+
+def _timed_apply(cb: LotteryTicketCallback, sink: list[float]) -> None:
+    """Record the wall time of every ``cb._apply_masks()`` call in ``sink``."""
+    inner = cb._apply_masks
+
+    def wrapper() -> None:
+        t0 = time.perf_counter()
+        inner()
+        sink.append(time.perf_counter() - t0)
+
+    cb._apply_masks = wrapper  # type: ignore[method-assign]
+
+
+def run_setting(name: str, args: argparse.Namespace, ticket_path: Path, workdir: Path) -> dict[str, Any]:
+    """One fit in setting ``name``; returns the timed step times and a sparsity check."""
+    model = build_model(seed=0)
+    loader = make_loader(args.batch_size, args.warmup + args.steps)
+    timer = StepTimes(args.warmup)
+    apply_times: list[float] = []
+    cb: Any = None
+    if name in ("ours", "proposed"):
+        cls = LotteryTicketCallback if name == "ours" else ProposedTicketCallback
+        cb = cls(ticket=str(ticket_path), monitor=None, ticket_dir=str(workdir / name), overwrite=True, plot=False)
+        _timed_apply(cb, apply_times)
+    elif name == "modelpruning":
+        modules = [(model.get_submodule(n.rsplit(".", 1)[0]), "weight") for n in scope_params(model)]
+        cb = PruneAtTrainStart(amount=args.sparsity, pruning_fn="l1_unstructured", parameters_to_prune=modules,
+                               use_global_unstructured=True, use_lottery_ticket_hypothesis=False, verbose=0)
+    elif name != "bare":
+        raise ValueError(f"unknown setting {name!r}; use one of {SETTINGS}")
+    callbacks = [timer.start] + ([cb] if cb is not None else []) + [timer.end]
+    trainer = make_trainer(callbacks, max_steps=args.warmup + args.steps)
+    trainer.fit(model, train_dataloaders=loader)
+    # Sparsity of the scope weights after training (ModelPruning made its pruning permanent at train end).
+    params = scope_params(model)
+    n = sum(p.numel() for p in params.values())
+    zeros = sum(int((p.detach() == 0).sum()) for p in params.values())
+    out: dict[str, Any] = {"times": timer.times, "sparsity": zeros / n}
+    if cb is not None and name in ("ours", "proposed"):
+        leaked = sum(int(p.detach()[~cb.masks[k]].count_nonzero()) for k, p in params.items())
+        out["pruned_nonzero"] = leaked  # must be 0: masked weights exactly zero
+        out["apply_times"] = apply_times[args.warmup:]
+    del trainer, model, cb, loader
+    gc.collect()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per fit (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="discarded steps at the start of each fit (default 3)")
+    p.add_argument("--trials", type=int, default=5, help="interleaved trials (default 5)")
+    p.add_argument("--sparsity", type=float, default=0.7)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--target", type=float, default=1.03, help="max ratio ours/bare (default 1.03)")
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}")
+    p.add_argument("--json", type=Path, default=None, help="write all figures to this file")
+    args = p.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    if "bare" not in settings:
+        p.error("--settings must include 'bare' (ratios are against it)")
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        p.error(f"unknown settings {unknown}; choose from {SETTINGS}")
+
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    t_start = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="lt-overhead-") as tmp:
+        workdir = Path(tmp)
+        # The ticket: exact global magnitude masks of the initial weights (the same seed builds the same weights).
+        ticket_path = workdir / "ticket.safetensors"
+        masks = global_magnitude_masks(scope_params(build_model(seed=0)), sparsity=args.sparsity)
+        Ticket(masks, {"benchmark": "overhead"}).save(ticket_path)
+        n_weights = sum(m.numel() for m in masks.values())
+        del masks
+        print(f"model: {n_weights:,} weights in scope; batch {args.batch_size}; {args.threads} threads; "
+              f"sparsity {args.sparsity}; {args.trials} trials x ({args.warmup} warm-up + {args.steps} timed) steps",
+              flush=True)
+
+        per_trial: dict[str, list[float]] = {s: [] for s in settings}
+        raw: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
+        for trial in range(args.trials):
+            k = trial % len(settings)
+            order = settings[k:] + settings[:k]
+            line = []
+            for s in order:
+                res = run_setting(s, args, ticket_path, workdir)
+                raw[s].append(res)
+                per_trial[s].append(median(res["times"]))
+                line.append(f"{s} {per_trial[s][-1] * 1e3:.1f}")
+            print(f"trial {trial + 1}/{args.trials} (ms/step): " + ", ".join(line), flush=True)
+
+    bare = median(per_trial["bare"])
+    noise = rel_mad(per_trial["bare"])
+    rows = []
+    for s in settings:
+        med = median(per_trial[s])
+        paired = median([x / b for x, b in zip(per_trial[s], per_trial["bare"])])
+        row = {"setting": s, "median_ms": med * 1e3, "ratio": med / bare, "paired_ratio": paired,
+               "trial_medians_ms": [x * 1e3 for x in per_trial[s]],
+               "sparsity": median([r["sparsity"] for r in raw[s]])}
+        if s in ("ours", "proposed"):
+            row["mask_apply_ms"] = median([t for r in raw[s] for t in r["apply_times"]]) * 1e3
+            row["pruned_nonzero"] = max(r["pruned_nonzero"] for r in raw[s])
+        rows.append(row)
+
+    print(f"\n{'setting':<14}{'median ms/step':>16}{'x bare':>9}{'paired':>9}{'sparsity':>10}{'mask apply ms':>15}")
+    for r in rows:
+        extra = f"{r['mask_apply_ms']:>15.1f}" if "mask_apply_ms" in r else f"{'':>15}"
+        print(f"{r['setting']:<14}{r['median_ms']:>16.1f}{r['ratio']:>9.3f}{r['paired_ratio']:>9.3f}"
+              f"{r['sparsity']:>10.4f}{extra}")
+    print(f"noise (bare trials, 1.4826*MAD/median): {noise:.3f}; wall {time.perf_counter() - t_start:.0f} s")
+
+    status, verdict = 0, "not measured (add 'ours' to --settings)"
+    by = {r["setting"]: r for r in rows}
+    for s in ("ours", "proposed"):
+        if s in by and by[s]["pruned_nonzero"] != 0:
+            print(f"ERROR: {s}: {by[s]['pruned_nonzero']} masked weights are non-zero after training")
+            status = 1
+    if "ours" in by:
+        ratio = by["ours"]["ratio"]
+        if ratio <= args.target:
+            verdict = f"PASS: ours {ratio:.3f}x bare <= {args.target}"
+        elif ratio <= args.target + noise:
+            verdict = f"WITHIN NOISE: ours {ratio:.3f}x bare > {args.target} but <= {args.target} + noise {noise:.3f}"
+        else:
+            verdict = f"FAIL: ours {ratio:.3f}x bare > {args.target} + noise {noise:.3f}"
+            status = 1
+    print(verdict)
+
+    if args.json is not None:
+        payload = {
+            "benchmark": "overhead",
+            "command": "python benchmarks/overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": machine_info(),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "weights_in_scope": n_weights,
+            "noise": noise,
+            "verdict": verdict,
+            "rows": rows,
+            "step_times_ms": {s: [[t * 1e3 for t in r["times"]] for r in raw[s]] for s in settings},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
