@@ -4,6 +4,7 @@ Usage::
 
     lightning-tickets fit --config examples/toy/imp.yaml
     lightning-tickets fit --config examples/toy/imp.yaml --print_config
+    lightning-tickets ticket info tickets/round-03.safetensors      # ticket tools: see lightning_tickets.tools
 
 Any ``LightningModule`` / ``LightningDataModule`` importable by ``class_path`` can be used;
 ``LotteryTicketCallback`` goes
@@ -19,7 +20,17 @@ from lightning.pytorch.cli import LightningCLI
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lightning-tickets`` console script (``LightningCLI`` with subclass modes)."""
+    """Entry point of the ``lightning-tickets`` console script (``LightningCLI`` with subclass modes).
+
+    ``lightning-tickets ticket ...`` dispatches to the ticket tools (:mod:`lightning_tickets.tools`).
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "ticket":
+        from lightning_tickets.tools import main as tools_main
+
+        raise SystemExit(tools_main(argv[1:]))
     LightningCLI(
         L.LightningModule,
         L.LightningDataModule,
