@@ -54,8 +54,11 @@ def random_ticket(ticket: Ticket, matched: bool = True, seed: int = 0) -> Ticket
         masks = random_masks(shapes, None, ticket.num_pruned / max(1, ticket.num_weights), "global", g)
         # round(s*N) may differ from num_pruned by float error: correct it exactly
         out = _fix_count(masks, ticket.num_pruned, g)
-    meta = {"baseline": "random_layerwise_matched" if matched else "random_global", "seed": seed,
-            "source_ticket_sparsity": ticket.sparsity}
+    meta = {
+        "baseline": "random_layerwise_matched" if matched else "random_global",
+        "seed": seed,
+        "source_ticket_sparsity": ticket.sparsity,
+    }
     return Ticket(out, meta)
 
 
@@ -161,7 +164,7 @@ def load_weights(
 
     def mapped(key: str) -> str:
         best = max((k for k in remap if key.startswith(k)), key=len, default=None)
-        return key if best is None else remap[best] + key[len(best):]
+        return key if best is None else remap[best] + key[len(best) :]
 
     src = {mapped(k): v for k, v in sd.items()}
     params = dict(model.named_parameters())

@@ -203,8 +203,9 @@ def global_magnitude_masks(
         both = all_reduce(torch.tensor([total, n_alive], dtype=torch.int64))
         total, n_alive = int(both[0]), int(both[1])
     k = _prune_count(total, n_alive, sparsity, "global magnitude pruning")
-    new = select_lowest([p.detach() for p in params.values()], alive, k, absolute=True, all_reduce=all_reduce,
-                        prefix_sum=prefix_sum)
+    new = select_lowest(
+        [p.detach() for p in params.values()], alive, k, absolute=True, all_reduce=all_reduce, prefix_sum=prefix_sum
+    )
     return dict(zip(params.keys(), new))
 
 

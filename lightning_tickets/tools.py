@@ -28,9 +28,19 @@ from lightning_tickets.ticket import Ticket, TicketError
 def _info(args: argparse.Namespace) -> int:
     t = Ticket.load(args.ticket)
     if args.json:
-        print(json.dumps({"sparsity": t.sparsity, "num_weights": t.num_weights, "format_version": t.format_version,
-                          "library_version": t.library_version, "metadata": t.metadata, "tensors": t.profile()},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "sparsity": t.sparsity,
+                    "num_weights": t.num_weights,
+                    "format_version": t.format_version,
+                    "library_version": t.library_version,
+                    "metadata": t.metadata,
+                    "tensors": t.profile(),
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"{args.ticket}: {len(t.masks)} tensors, {t.num_weights:,} weights, sparsity {t.sparsity:.4%}")
     print(f"written by lightning-tickets {t.library_version} (format {t.format_version})")
@@ -100,7 +110,7 @@ def _apply(args: argparse.Namespace) -> int:
 
     def mapped(name: str) -> str:
         best = max((k for k in remap if name.startswith(k)), key=len, default=None)
-        return name if best is None else remap[best] + name[len(best):]
+        return name if best is None else remap[best] + name[len(best) :]
 
     missing, bad = [], []
     for name, mask in t.masks.items():
@@ -140,7 +150,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ticket`` sub-command parser."""
-    p = argparse.ArgumentParser(prog="lightning-tickets ticket", description="Inspect, compare, apply and plot tickets.")
+    p = argparse.ArgumentParser(
+        prog="lightning-tickets ticket", description="Inspect, compare, apply and plot tickets."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("info", help="metadata and per-tensor sparsity of a ticket")
     a.add_argument("ticket")

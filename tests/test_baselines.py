@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_tickets import LotteryTicketCallback, Ticket, TicketError
+from lightning_tickets import LotteryTicketCallback, TicketError
 from lightning_tickets.baselines import load_weights, one_shot_ticket, random_ticket, reinit_weights, shuffle_weights
 from lightning_tickets.masks import global_magnitude_masks
 from lightning_tickets.scope import resolve_scope
@@ -83,17 +83,30 @@ def test_load_weights_with_remap_reports(tmp_path):
     assert len(load_weights(ToyClassifier(), tmp_path / "x.ckpt")["matched"]) == len(list(dst.parameters()))
 
 
-@pytest.mark.parametrize(("mask", "weights"), [("random_matched", "init"), ("ticket", "shuffled"),
-                                               ("ticket", "reinit"), ("random", "init")])
+@pytest.mark.parametrize(
+    ("mask", "weights"), [("random_matched", "init"), ("ticket", "shuffled"), ("ticket", "reinit"), ("random", "init")]
+)
 def test_fixed_ticket_baselines_train_in_the_callback(tmp_path, mask, weights):
     import lightning as L
 
     model, t = _ticket()
     t.save(tmp_path / "t.safetensors")
-    cb = LotteryTicketCallback(ticket=str(tmp_path / "t.safetensors"), ticket_mask=mask, ticket_weights=weights,
-                               ticket_dir=str(tmp_path / "out"), plot=False, seed=1)
-    L.Trainer(max_epochs=1, callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(model, ToyDataModule(num_samples=128))
+    cb = LotteryTicketCallback(
+        ticket=str(tmp_path / "t.safetensors"),
+        ticket_mask=mask,
+        ticket_weights=weights,
+        ticket_dir=str(tmp_path / "out"),
+        plot=False,
+        seed=1,
+    )
+    L.Trainer(
+        max_epochs=1,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(model, ToyDataModule(num_samples=128))
     params = dict(model.named_parameters())
     for n, m in cb.masks.items():
         assert bool((params[n][~m] == 0).all())
@@ -115,10 +128,20 @@ def test_theta_prime_weights_from_checkpoint(tmp_path):
             self.w = pl_module.head.weight.detach().clone()
 
     g = Grab()
-    cb = LotteryTicketCallback(ticket=str(tmp_path / "t.safetensors"), ticket_weights=str(tmp_path / "other.pt"),
-                               ticket_dir=str(tmp_path / "out"), plot=False)
-    L.Trainer(max_epochs=1, callbacks=[cb, g], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(model, ToyDataModule(num_samples=128))
+    cb = LotteryTicketCallback(
+        ticket=str(tmp_path / "t.safetensors"),
+        ticket_weights=str(tmp_path / "other.pt"),
+        ticket_dir=str(tmp_path / "out"),
+        plot=False,
+    )
+    L.Trainer(
+        max_epochs=1,
+        callbacks=[cb, g],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(model, ToyDataModule(num_samples=128))
     assert torch.equal(g.w, other.head.weight)
     with pytest.raises(ValueError, match="only apply with ticket=PATH"):
         LotteryTicketCallback(0.5, epochs_per_round=1, ticket_weights="shuffled")

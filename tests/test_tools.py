@@ -37,8 +37,16 @@ def test_info_table_and_json(tickets, capsys):
 
 def test_compare_matrix_png_and_json(tickets, capsys):
     d, _, a, b, r = tickets
-    rc = main(["compare", *(str(d / f"{n}.safetensors") for n in "abr"), "--png", str(d / "o.png"),
-               "--json", str(d / "o.json")])
+    rc = main(
+        [
+            "compare",
+            *(str(d / f"{n}.safetensors") for n in "abr"),
+            "--png",
+            str(d / "o.png"),
+            "--json",
+            str(d / "o.json"),
+        ]
+    )
     assert rc == 0
     m = json.loads((d / "o.json").read_text())["iou"]
     assert m[0][1] == pytest.approx(a.overlap(b)["global"]) and m[1][2] == pytest.approx(b.overlap(r)["global"])
@@ -73,14 +81,25 @@ def test_apply_writes_plain_pruned_state_dict(tickets, capsys):
 def test_plot_overlays_runs(tmp_path, capsys):
     def summary(scores, method):
         rows = [{"round": i, "sparsity": s, "score": v} for i, (s, v) in enumerate(scores)]
-        return {"monitor": "val/acc", "mode": "max", "tolerance": 0.99, "dense_score": scores[0][1], "rounds": rows,
-                "method": method, "best_relaxed_ticket": rows[1]}
+        return {
+            "monitor": "val/acc",
+            "mode": "max",
+            "tolerance": 0.99,
+            "dense_score": scores[0][1],
+            "rounds": rows,
+            "method": method,
+            "best_relaxed_ticket": rows[1],
+        }
 
     (tmp_path / "imp.json").write_text(json.dumps(summary([(0, 0.9), (0.5, 0.9), (0.7, 0.85)], "magnitude")))
     (tmp_path / "rp.json").write_text(json.dumps(summary([(0, 0.9), (0.5, 0.8), (0.7, 0.7)], "random")))
     out = tmp_path / "p.png"
-    assert main(["plot", str(tmp_path / "imp.json"), str(tmp_path / "rp.json"), "--labels", "IMP", "RP",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["plot", str(tmp_path / "imp.json"), str(tmp_path / "rp.json"), "--labels", "IMP", "RP", "--out", str(out)]
+        )
+        == 0
+    )
     assert out.stat().st_size > 1000
 
 
