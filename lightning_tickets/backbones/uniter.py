@@ -127,7 +127,7 @@ class UniterImageEmbeddings(nn.Module):
         type_embeddings: torch.Tensor,
         img_masked: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Embed ``[B, R, img_dim]`` features and ``[B, R, 7]`` boxes; ``type_embeddings`` broadcast to ``[B, R, H]``."""
+        """Embed ``[B, R, img_dim]`` features and ``[B, R, 7]`` boxes; ``type_embeddings`` broadcasts to them."""
         if img_masked is not None:
             m = img_masked.bool().unsqueeze(-1)
             img_feat = img_feat.masked_fill(m, 0.0) + m.to(img_feat.dtype) * self.mask_embedding.weight[1]

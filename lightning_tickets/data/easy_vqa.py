@@ -31,7 +31,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_tickets.backbones.base import resolve_local_path
@@ -74,7 +73,16 @@ def detect_foreground_box(image: np.ndarray, threshold: float = 0.15) -> tuple[i
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise ImportError("easy-VQA images need Pillow: pip install pillow (or the 'demo' extra)") from err
+    return Image
+
+
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    Image = _pil()
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
@@ -112,6 +120,7 @@ def load_images(split: str) -> tuple[list[int], np.ndarray]:
         ev = _easy_vqa()
         paths = ev.get_train_image_paths() if split == "train" else ev.get_test_image_paths()
         ids = sorted(paths)
+        Image = _pil()
         arr = np.stack([np.asarray(Image.open(paths[i]).convert("RGB"), dtype=np.uint8) for i in ids])
         _IMAGES[split] = (ids, arr)
     return _IMAGES[split]

@@ -1,0 +1,317 @@
+"""LXMERT: a two-stream vision-and-language transformer (``transformers.LxmertModel`` behind :class:`VLBackbone`).
+
+Text tokens go through the language encoder (``encoder.layer.N``), region features through the object-relationship
+encoder (``encoder.r_layers.N``), then both streams through the cross-modality encoder (``encoder.x_layers.N``);
+the pooler reads the language ``[CLS]`` token. :class:`Lxmert` concatenates the two output streams into one
+``[B, T + R, H]`` sequence (``[text tokens | regions]``) and says which positions are which in ``text_mask`` /
+``image_mask``, so every task head written for UNITER also works with LXMERT.
+
+Parameter names are ``lxmert.<transformers LxmertModel name>`` (the prefix of ``LxmertForPreTraining`` /
+``LxmertForQuestionAnswering`` checkpoints), e.g. ``lxmert.encoder.x_layers.0.visual_attention.att.query.weight``.
+The ``"encoder"`` pruning scope selects the ``nn.Linear`` weights of the language, vision and cross layers plus
+``lxmert.pooler.dense.weight``; never the embeddings nor the visual feature encoder ``lxmert.encoder.visn_fc.*``.
+
+Batch keys read by :meth:`Lxmert.forward`:
+
+=====================  ==================  ==================================================================
+key                    shape / dtype       meaning
+=====================  ==================  ==================================================================
+``input_ids``          ``[B, T]`` long     word-piece ids (``[CLS] ... [SEP]``), padded with ``pad_token_id``
+``attention_mask``     ``[B, T]``          1 at real text tokens (default: ``input_ids != pad_token_id``)
+``token_type_ids``     ``[B, T]`` long     optional (default 0)
+``img_feat``           ``[B, R, img_dim]`` region features -> ``visual_feats`` (required)
+``img_pos_feat``       ``[B, R, >=4]``     normalised boxes; the first 4 columns ``[x1, y1, x2, y2]`` ->
+                                           ``visual_pos``
+``img_attention_mask`` ``[B, R]``          1 at real regions (default: all) -> ``visual_attention_mask``
+=====================  ==================  ==================================================================
+
+Example:
+    >>> import torch
+    >>> model = Lxmert("tiny", img_dim=12)
+    >>> batch = {"input_ids": torch.tensor([[101, 7, 8, 102]]), "img_feat": torch.randn(1, 3, 12),
+    ...          "img_pos_feat": torch.rand(1, 3, 7)}
+    >>> out = model(batch)
+    >>> out.sequence.shape, out.pooled.shape, out.image_mask.tolist()
+    (torch.Size([1, 7, 32]), torch.Size([1, 32]), [[False, False, False, False, True, True, True]])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LxmertConfig, LxmertModel, PreTrainedConfig, PreTrainedModel
+
+from lightning_tickets.backbones.base import BackboneOutput, VLBackbone, resolve_local_path
+from lightning_tickets.backbones.uniter import LoadReport
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PRESETS", "Lxmert"]
+
+#: Architecture presets (``LxmertConfig`` fields). ``base`` is LXMERT as in ``unc-nlp/lxmert-base-uncased``
+#: (BERT-base uncased vocabulary, 9 language / 5 vision / 5 cross layers), ``tiny`` is for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "base": dict(
+        vocab_size=30522,
+        hidden_size=768,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        l_layers=9,
+        r_layers=5,
+        x_layers=5,
+        max_position_embeddings=512,
+    ),
+    "tiny": dict(
+        vocab_size=1000,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        l_layers=2,
+        r_layers=1,
+        x_layers=1,
+        max_position_embeddings=64,
+    ),
+}
+
+#: Keys of ``LxmertForPreTraining`` / ``LxmertForQuestionAnswering`` heads: unexpected but harmless.
+_HEAD_PREFIXES = ("cls.", "obj_predict_head.", "answer_head.")
+
+
+class Lxmert(VLBackbone):
+    """Two-stream LXMERT backbone wrapping ``transformers.LxmertModel`` (stored as ``self.lxmert``).
+
+    Args:
+        preset: architecture defaults, ``"base"`` (9/5/5 layers, 768, 12 heads, 3072, vocab 30522) or ``"tiny"``
+            (2/1/1 layers, 32, tests). With ``pretrained_path`` the checkpoint's ``config.json`` decides instead.
+        img_dim: region feature dimension (``LxmertConfig.visual_feat_dim``). ``None``: 2048, or the checkpoint's
+            ``visual_feat_dim`` when ``pretrained_path`` is given (a different value raises ``ValueError``).
+        pretrained_path: local transformers LXMERT directory (``config.json`` + ``model.safetensors`` /
+            ``pytorch_model.bin``, as written by ``save_pretrained``; an ``LxmertModel``, ``LxmertForPreTraining``
+            or ``LxmertForQuestionAnswering`` checkpoint) or ``"package:<module>"``. Loaded with
+            ``LxmertModel.from_pretrained(..., local_files_only=True)``: nothing is ever downloaded, and a hub id
+            such as ``"unc-nlp/lxmert-base-uncased"`` raises ``FileNotFoundError``. Download it yourself and pass
+            the directory. Missing / unexpected keys are logged and kept in :attr:`load_reports`.
+        config_overrides: extra ``LxmertConfig`` fields (e.g. ``{"hidden_dropout_prob": 0.0}``), usable from yaml.
+        **overrides: same as ``config_overrides``, as keyword arguments.
+
+    Attributes:
+        config: the ``LxmertConfig`` in use.
+        load_reports: one :class:`~lightning_tickets.backbones.uniter.LoadReport` per checkpoint loaded (keys in
+            this module's names, ``lxmert.*``; unexpected keys in the checkpoint's names).
+
+    Example:
+        >>> model = Lxmert("tiny", img_dim=8)
+        >>> model.hidden_size, len(model.lxmert.encoder.layer), len(model.lxmert.encoder.x_layers)
+        (32, 2, 1)
+        >>> len(model.new_parameter_names()) == len(list(model.parameters()))  # random init: all new
+        True
+    """
+
+    def __init__(
+        self,
+        preset: str = "base",
+        img_dim: int | None = None,
+        pretrained_path: str | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        fields = {**(config_overrides or {}), **overrides}
+        _check_fields(LxmertConfig, fields)
+        self.load_reports: list[LoadReport] = []
+        if pretrained_path is None:
+            if preset not in PRESETS:
+                raise ValueError(f"preset={preset!r} is unknown; use one of {sorted(PRESETS)}")
+            config = LxmertConfig(**{**PRESETS[preset], "visual_feat_dim": int(img_dim or 2048), **fields})
+            self.lxmert = LxmertModel(config)
+        else:
+            directory = checkpoint_dir(pretrained_path, "lxmert")
+            config = LxmertConfig.from_pretrained(str(directory), local_files_only=True)
+            if img_dim is not None and int(img_dim) != config.visual_feat_dim:
+                raise ValueError(
+                    f"img_dim={img_dim} but the checkpoint {str(directory)!r} has visual_feat_dim="
+                    f"{config.visual_feat_dim}: pass img_dim={config.visual_feat_dim} (or leave it unset)"
+                )
+            config.update(fields)
+            layers = {"vision": config.r_layers, "cross_encoder": config.x_layers, "language": config.l_layers}
+            config.num_hidden_layers = layers
+            self.lxmert, report = load_hf_model(LxmertModel, directory, config, prefix="lxmert.", heads=_HEAD_PREFIXES)
+            self._record(report)
+        self.config: LxmertConfig = self.lxmert.config
+        self.img_dim = int(self.config.visual_feat_dim)
+        self.hidden_size = int(self.config.hidden_size)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> Lxmert:
+        """Build from a local transformers LXMERT directory (see ``pretrained_path``); never downloads.
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     Lxmert("tiny", img_dim=8).save_pretrained(d)
+            ...     model = Lxmert.from_pretrained(d)
+            >>> model.img_dim, model.load_reports[0].missing_keys, model.new_parameter_names()
+            (8, [], set())
+        """
+        return cls(pretrained_path=os.fspath(path), **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write the wrapped ``LxmertModel`` in transformers format (``config.json`` + ``model.safetensors``)."""
+        self.lxmert.save_pretrained(os.fspath(directory))
+
+    def _record(self, report: LoadReport) -> None:
+        self.load_reports.append(report)
+        params = {n for n, _ in self.named_parameters()}
+        self._new_parameter_names = set(report.missing_keys) & params
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Mapping[str, Any]) -> BackboneOutput:
+        """Encode text and regions; returns ``[language output | vision output]`` (see the module docstring)."""
+        input_ids = batch["input_ids"]
+        b, t = input_ids.shape
+        if t > self.config.max_position_embeddings:
+            raise ValueError(
+                f"input_ids has {t} tokens but LXMERT has max_position_embeddings={self.config.max_position_embeddings}"
+                ": truncate the text"
+            )
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        text_mask = batch.get("attention_mask")
+        text_mask = input_ids.ne(pad) if text_mask is None else text_mask.bool()
+        img_feat = batch.get("img_feat")
+        if img_feat is None or batch.get("img_pos_feat") is None:
+            raise KeyError("LXMERT needs region features: batch keys 'img_feat' [B, R, D] and 'img_pos_feat' [B, R, 7]")
+        if img_feat.shape[-1] != self.img_dim:
+            raise ValueError(f"img_feat has dimension {img_feat.shape[-1]} but the model has img_dim={self.img_dim}")
+        r = img_feat.shape[1]
+        img_mask = batch.get("img_attention_mask")
+        img_mask = torch.ones(b, r, dtype=torch.bool, device=img_feat.device) if img_mask is None else img_mask.bool()
+        dtype = self.lxmert.dtype
+        out = self.lxmert(
+            input_ids=input_ids,
+            token_type_ids=batch.get("token_type_ids"),
+            attention_mask=text_mask.to(dtype),
+            visual_feats=img_feat.to(dtype),
+            visual_pos=batch["img_pos_feat"][..., : self.config.visual_pos_dim].to(dtype),
+            visual_attention_mask=img_mask.to(dtype),
+            return_dict=True,
+        )
+        sequence = torch.cat([out.language_output, out.vision_output], dim=1)
+        no_text, no_img = torch.zeros_like(text_mask), torch.zeros_like(img_mask)
+        is_text = torch.cat([text_mask, no_img], dim=1)
+        is_image = torch.cat([no_text, img_mask], dim=1)
+        return BackboneOutput(
+            sequence=sequence,
+            pooled=out.pooled_output,
+            attention_mask=is_text | is_image,
+            text_mask=is_text,
+            image_mask=is_image,
+        )
+
+
+# ---------------------------------------------------------------------- shared with vilt.py
+def _check_fields(config_cls: type[PreTrainedConfig], fields: Mapping[str, Any]) -> None:
+    """Refuse config overrides that are not fields of ``config_cls`` (typos would otherwise pass silently)."""
+    default = config_cls()
+    unknown = sorted(k for k in fields if not hasattr(default, k))
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}")
+
+
+def checkpoint_dir(path: str | os.PathLike[str], model_type: str) -> Path:
+    """Local transformers checkpoint directory of ``model_type`` (a file inside it is accepted too).
+
+    Raises:
+        FileNotFoundError: hub id, missing path (via :func:`resolve_local_path`: nothing is downloaded) or no
+            ``config.json``.
+        ValueError: ``config.json`` describes another ``model_type``.
+    """
+    directory = resolve_local_path(path, what="pretrained_path")
+    if directory.is_file():
+        directory = directory.parent
+    cfg_file = directory / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(
+            f"pretrained_path {os.fspath(path)!r}: no config.json in {directory} (expected a transformers "
+            "save_pretrained directory)"
+        )
+    found = json.loads(cfg_file.read_text()).get("model_type")
+    if found != model_type:
+        raise ValueError(f"pretrained_path {os.fspath(path)!r} holds a {found!r} model, not {model_type!r}")
+    return directory
+
+
+def load_hf_model(
+    model_cls: type[PreTrainedModel],
+    directory: Path,
+    config: PreTrainedConfig,
+    prefix: str,
+    heads: tuple[str, ...] = (),
+) -> tuple[PreTrainedModel, LoadReport]:
+    """``model_cls.from_pretrained(directory, config=config, local_files_only=True)`` with a :class:`LoadReport`.
+
+    Missing keys are reported with ``prefix`` (the attribute the backbone stores the model under); unexpected keys
+    in the checkpoint's names. Missing keys are logged as warnings, unexpected keys too unless they belong to a known
+    pre-training / task head (``heads`` prefixes, logged at INFO).
+
+    Raises:
+        ValueError: a tensor's shape differs between checkpoint and model (overrides changed a shape).
+    """
+    model, info = model_cls.from_pretrained(
+        str(directory),
+        config=config,
+        local_files_only=True,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+        dtype=torch.get_default_dtype(),
+    )
+    mismatched = sorted(_describe_mismatch(m) for m in info.get("mismatched_keys") or ())
+    if mismatched:
+        raise ValueError(
+            f"{directory}: {len(mismatched)} tensor(s) have a different shape than the model (config overrides?): "
+            + "; ".join(mismatched[:5])
+            + (" ..." if len(mismatched) > 5 else "")
+        )
+    own = {n for n, _ in model.state_dict().items()}
+    missing = sorted(k for k in info.get("missing_keys") or () if k in own)
+    report = LoadReport(
+        loaded=sorted(prefix + k for k in own - set(missing)),
+        missing_keys=sorted(prefix + k for k in missing),
+        unexpected_keys=sorted(info.get("unexpected_keys") or ()),
+    )
+    source = f"{model_cls.__name__} from {directory}"
+    log.info("%s: loaded %d tensors", source, len(report.loaded))
+    if report.missing_keys:
+        log.warning(
+            "%s: %d missing key(s) keep their initialisation: %s",
+            source,
+            len(report.missing_keys),
+            _preview(report.missing_keys),
+        )
+    surprising = [k for k in report.unexpected_keys if not k.startswith(heads)]
+    if surprising:
+        log.warning("%s: %d unexpected key(s) ignored: %s", source, len(surprising), _preview(surprising))
+    if len(surprising) < len(report.unexpected_keys):
+        log.info(
+            "%s: %d pre-training/task head key(s) ignored: %s",
+            source,
+            len(report.unexpected_keys) - len(surprising),
+            _preview([k for k in report.unexpected_keys if k.startswith(heads)]),
+        )
+    return model, report
+
+
+def _describe_mismatch(item: Any) -> str:
+    if isinstance(item, (tuple, list)) and len(item) == 3:
+        key, ckpt, model = item
+        return f"{key}: checkpoint {list(ckpt)} vs model {list(model)}"
+    return str(item)
+
+
+def _preview(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
