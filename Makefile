@@ -3,6 +3,8 @@
 # only when no torch is importable, so a machine without a GPU never pulls a multi-GB CUDA build.
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
+# e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu to force a CPU build where PyPI would pick a CUDA one
+TORCH_INDEX ?=
 
 ifdef VIRTUAL_ENV
 ENV_DIR := $(VIRTUAL_ENV)
@@ -27,7 +29,7 @@ $(PY):
 	$(PYTHON) -m venv $(ENV_DIR)
 
 $(STAMP)-torch: | $(PY)
-	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_PIN)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_PIN)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	@touch $@
 
 $(STAMP)-%: pyproject.toml $(STAMP)-torch

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -50,41 +51,81 @@ def make_loader(batch_size: int, num_batches: int, in_features: int = MODEL_KW["
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
+class Lockstep:
+    """Lets several ``Trainer.fit`` calls, each in its own thread, run one training step at a time, round robin.
+
+    Every fit waits at a barrier before its first step (all set-ups done) and after its last step (no teardown
+    overlaps a timed step); in between, a baton passes A -> B -> C -> A ..., and the order rotates by one every
+    round (ABC, BCA, CAB, ...), so load from other processes hits all settings alike, step by step. All fits must run
+    the same number of steps.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._order = list(names)
+        self._pos = 0
+        self._cv = threading.Condition()
+        self._failed = False
+        self.first = threading.Barrier(len(self._order))
+        self.last = threading.Barrier(len(self._order))
+
+    def acquire(self, name: str) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._failed or self._order[self._pos] == name)
+            if self._failed:
+                raise RuntimeError("lockstep aborted: another setting failed")
+
+    def release(self, name: str) -> None:
+        with self._cv:
+            self._pos += 1
+            if self._pos == len(self._order):
+                self._pos = 0
+                self._order = self._order[1:] + self._order[:1]
+            self._cv.notify_all()
+
+    def abort(self) -> None:
+        with self._cv:
+            self._failed = True
+            self._cv.notify_all()
+        self.first.abort()
+        self.last.abort()
+
+
 class StepTimes:
     """Train-step timer made of two callbacks: put ``timer.start`` FIRST and ``timer.end`` LAST in ``callbacks``.
 
-    A step is timed from the first ``on_train_batch_start`` hook to the last ``on_train_batch_end`` hook, so it
-    covers forward, backward, optimizer step and every other callback's batch hooks (e.g. applying masks). The first
-    ``warmup`` steps of the fit are discarded (allocator warm-up, lazily created optimizer state).
-
-    ``times`` holds wall-clock seconds (``time.perf_counter``); ``cpu_times`` the CPU seconds this process used
-    meanwhile (``time.process_time``, all threads), a cross-check that is less sensitive to time slices lost to
-    other processes on a shared machine (but still includes OpenMP spin-waiting).
+    A step is timed (``time.perf_counter``) from the first ``on_train_batch_start`` hook to the last
+    ``on_train_batch_end`` hook, so it covers forward, backward, optimizer step and every other callback's batch hooks
+    (e.g. applying masks). The first ``warmup`` steps of the fit are discarded (allocator warm-up, lazily created
+    optimizer state). With ``lockstep``, the fit takes part in a :class:`Lockstep` round robin as ``name`` and must
+    run exactly ``total`` steps.
     """
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, lockstep: Lockstep | None = None, name: str = "", total: int = 0) -> None:
         self.warmup = warmup
         self.times: list[float] = []
-        self.cpu_times: list[float] = []
         self._t0 = 0.0
-        self._c0 = 0.0
         self._seen = 0
         timer = self
 
         class _Start(Callback):
             def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-                timer._c0 = time.process_time()
+                if lockstep is not None:
+                    if timer._seen == 0:
+                        lockstep.first.wait()
+                    lockstep.acquire(name)
                 timer._t0 = time.perf_counter()
 
         class _End(Callback):
             def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                                    batch_idx: int) -> None:
                 dt = time.perf_counter() - timer._t0
-                dc = time.process_time() - timer._c0
                 timer._seen += 1
                 if timer._seen > timer.warmup:
                     timer.times.append(dt)
-                    timer.cpu_times.append(dc)
+                if lockstep is not None:
+                    lockstep.release(name)
+                    if timer._seen == total:
+                        lockstep.last.wait()
 
         self.start = _Start()
         self.end = _End()

@@ -300,7 +300,7 @@ class LotteryTicketCallback(Callback):
         if self.fixed_ticket_path is not None:
             self._start_fixed(trainer, pl_module)
             return
-        self._params = dict(resolve_scope(pl_module, self.scope))
+        self._params = dict(resolve_scope(pl_module, self.scope_spec))
         if self._loaded is not None:
             self._restore(self._loaded, params)
             self._loaded = None
@@ -324,11 +324,27 @@ class LotteryTicketCallback(Callback):
         )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.fixed_ticket_path is not None:
+        if self.fixed_ticket_path is not None or self.state.finished:
             return
+        if self.state.round == 0 and self.state.snapshot is None and self.rewind.kind in ("step", "epoch"):
+            steps = self.round_steps(trainer)
+            nb = trainer.num_training_batches
+            k_steps = self.rewind.k if self.rewind.kind == "step" else (
+                self.rewind.k * max(1, math.ceil(int(nb) / max(1, int(trainer.accumulate_grad_batches))))
+                if isinstance(nb, int) else 0)
+            if k_steps >= steps:
+                raise ValueError(
+                    f"rewind='{self.rewind}' points past round 0, which has {steps} optimizer steps; use a smaller K"
+                )
         if self.steps_per_round is not None:
             self._check_validation_at_round_ends(trainer)
             return
+        every = trainer.check_val_every_n_epoch
+        if self._val_configured and self.monitor is not None and every is not None and self.epochs_per_round % every:
+            raise ValueError(
+                f"check_val_every_n_epoch={every} does not divide epochs_per_round={self.epochs_per_round}: the score "
+                "of a round must come from a validation at its end; set check_val_every_n_epoch=1"
+            )
         if trainer.max_steps != -1:
             need = self.num_rounds * self.round_steps(trainer)
             if trainer.max_steps < need:
@@ -486,11 +502,13 @@ class LotteryTicketCallback(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         st = self.state
-        if self.fixed_ticket_path is not None or st.finished or self.epochs_per_round is None:
+        if self.fixed_ticket_path is not None or st.finished:
             return
         done = trainer.current_epoch + 1 - st.round_start_epoch
         if self.rewind.kind == "epoch" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
+        if self.epochs_per_round is None:
+            return
         if done >= self.epochs_per_round:
             self._boundary = True
             if self._val_configured and self.monitor is not None and self._last_val_step != trainer.global_step:
@@ -669,6 +687,12 @@ class LotteryTicketCallback(Callback):
             write_json_atomic(self.ticket_dir / "summary.json", self._summary())
 
     def _config(self) -> dict[str, Any]:
+        if self.fixed_ticket_path is not None:
+            return {
+                "ticket": str(self.fixed_ticket_path),
+                "ticket_mask": self.ticket_mask,
+                "ticket_weights": self.ticket_weights,
+            }
         return {
             "sparsities": self.sparsities,
             "rewind": str(self.rewind),

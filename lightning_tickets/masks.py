@@ -270,7 +270,7 @@ def sparsity_of(masks: Mapping[str, torch.Tensor]) -> float:
 
 @torch.no_grad()
 def apply_masks(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the pruned entries in place (``masked_fill_`` with the inverted mask)."""
+    """Zero the pruned entries in place (``p.mul_(mask)``)."""
     for name, p in params.items():
         m = masks.get(name)
         if m is not None:

@@ -467,3 +467,54 @@ def test_fixed_ticket_that_does_not_fit_the_model(tmp_path):
     cb = LotteryTicketCallback(ticket=str(tmp_path / "truncated.safetensors"), ticket_dir=str(tmp_path / "t"))
     with pytest.raises(TicketError, match=r"truncated.safetensors"):
         trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**SMALL))
+
+
+def test_late_rewind_epoch_k_with_steps_per_round(tmp_path):
+    # 4 batches per epoch; rounds of 8 steps; rewind to the weights after epoch 1 (= step 4) of round 0
+    cb = make_cb(tmp_path, target_sparsity=0.5, rate=0.5, steps_per_round=8, rewind="epoch:1")
+
+    class Capture(Callback):
+        at4 = None
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.global_step == 4:
+                self.at4 = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+    cap, probe = Capture(), Probe(cb)
+    trainer([cb, cap, probe], tmp_path, max_steps=16, val_check_interval=8, check_val_every_n_epoch=None).fit(
+        ToyClassifier(), ToyDataModule(**SMALL)
+    )
+    start = probe.round_starts[1]
+    n = "encoder.layer.0.intermediate.dense.weight"
+    assert torch.equal(start["params"][n], cap.at4[n] * start["masks"][n])
+
+
+def test_late_rewind_past_round_zero_refused_before_training(tmp_path):
+    cb = make_cb(tmp_path, target_sparsity=0.5, rate=0.5, epochs_per_round=1, rewind="step:4")  # 4 steps/epoch
+    probe = Probe(cb)
+    with pytest.raises(ValueError, match=r"rewind='step:4' points past round 0, which has 4 optimizer steps"):
+        trainer([cb, probe], tmp_path).fit(ToyClassifier(), ToyDataModule(**SMALL))
+    assert probe.steps_checked == 0
+
+
+def test_validation_cadence_checked_before_training_in_epoch_mode(tmp_path):
+    cb = make_cb(tmp_path, target_sparsity=0.5, rate=0.5, epochs_per_round=3)
+    probe = Probe(cb)
+    with pytest.raises(ValueError, match=r"check_val_every_n_epoch=2 does not divide epochs_per_round=3"):
+        trainer([cb, probe], tmp_path, check_val_every_n_epoch=2).fit(ToyClassifier(), ToyDataModule(**SMALL))
+    assert probe.steps_checked == 0
+
+
+def test_resume_fixed_ticket_run(tmp_path):
+    cb = make_cb(tmp_path, target_sparsity=0.5, rate=0.5)
+    trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**SMALL))
+    path = str(tmp_path / "tickets" / "round-01.safetensors")
+    fixed = LotteryTicketCallback(ticket=path, ticket_dir=str(tmp_path / "f"), plot=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "fck", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    m1 = ToyClassifier()
+    trainer([fixed, ckpt], tmp_path, max_epochs=3, enable_checkpointing=True).fit(m1, ToyDataModule(**SMALL))
+    again = LotteryTicketCallback(ticket=path, ticket_dir=str(tmp_path / "f"), plot=False)
+    m2 = ToyClassifier()
+    trainer([again], tmp_path, max_epochs=3).fit(m2, ToyDataModule(**SMALL), ckpt_path=tmp_path / "fck" / "epoch=0.ckpt")
+    assert all(torch.equal(again.masks[n], fixed.masks[n]) for n in fixed.masks)
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))

@@ -123,7 +123,7 @@ class Lxmert(VLBackbone):
     ) -> None:
         super().__init__()
         fields = {**(config_overrides or {}), **overrides}
-        _check_fields(LxmertConfig, fields)
+        check_config_fields(LxmertConfig, fields)
         self.load_reports: list[LoadReport] = []
         if pretrained_path is None:
             if preset not in PRESETS:
@@ -215,7 +215,7 @@ class Lxmert(VLBackbone):
 
 
 # ---------------------------------------------------------------------- shared with vilt.py
-def _check_fields(config_cls: type[PreTrainedConfig], fields: Mapping[str, Any]) -> None:
+def check_config_fields(config_cls: type[PreTrainedConfig], fields: Mapping[str, Any]) -> None:
     """Refuse config overrides that are not fields of ``config_cls`` (typos would otherwise pass silently)."""
     default = config_cls()
     unknown = sorted(k for k in fields if not hasattr(default, k))

@@ -57,7 +57,7 @@ from torch import nn
 from transformers import ViltConfig, ViltModel
 
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone
-from lightning_tickets.backbones.lxmert import _check_fields, checkpoint_dir, load_hf_model
+from lightning_tickets.backbones.lxmert import check_config_fields, checkpoint_dir, load_hf_model
 from lightning_tickets.backbones.uniter import LoadReport
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Vilt(VLBackbone):
         fields = {**(config_overrides or {}), **overrides}
         if "modality_type_vocab_size" in fields:
             raise ValueError("pass modality_type_vocab_size as its own argument, not as a config override")
-        _check_fields(ViltConfig, fields)
+        check_config_fields(ViltConfig, fields)
         self.load_reports: list[LoadReport] = []
         if pretrained_path is None:
             if preset not in PRESETS:

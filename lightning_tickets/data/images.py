@@ -196,7 +196,15 @@ class HDF5Features(RegionSource):
         return self._file
 
     def keys(self) -> list[str]:
-        return list(self.file.keys())
+        """Ids of all groups holding a ``features`` dataset (nested ids such as ``"movie/a.jpg"`` included)."""
+        found: list[str] = []
+
+        def visit(name: str, obj: Any) -> None:
+            if hasattr(obj, "keys") and "features" in obj:
+                found.append(name)
+
+        self.file.visititems(visit)
+        return found
 
     def _has(self, key: str) -> bool:
         return key in self.file

@@ -41,11 +41,18 @@ def vqa_files(tmp_path, answers_per_q, prefix="train"):
     for k, answers in enumerate(answers_per_q):
         qid, image_id = 1000 + k, 42 + k
         qs.append({"image_id": image_id, "question": f"What is thing {k}?", "question_id": qid})
-        anns.append({
-            "question_id": qid, "image_id": image_id, "question_type": "what is", "answer_type": "other",
-            "multiple_choice_answer": answers[0],
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(answers)],
-        })  # fmt: skip
+        anns.append(
+            {
+                "question_id": qid,
+                "image_id": image_id,
+                "question_type": "what is",
+                "answer_type": "other",
+                "multiple_choice_answer": answers[0],
+                "answers": [
+                    {"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(answers)
+                ],
+            }
+        )
     q = write_json(tmp_path / f"{prefix}_q.json", {"data_subtype": f"{prefix}2014", "questions": qs})
     a = write_json(tmp_path / f"{prefix}_a.json", {"data_subtype": f"{prefix}2014", "annotations": anns})
     return q, a
@@ -55,12 +62,23 @@ def vqa_files(tmp_path, answers_per_q, prefix="train"):
 @pytest.mark.parametrize(
     ("raw", "norm"),
     [
-        ("Two", "2"), ("the dog.", "dog"), ("Yes!", "yes"), ("an apple", "apple"), ("None", "0"), ("dont", "don't"),
-        ("t-shirt", "t shirt"), ("3,000", "3000"), ("1.5", "1.5"), ("hello , world", "hello world"),
-        (" A Red\tcar\n", "red car"), ("fire hydrant?", "fire hydrant"), ("mr. smith", "mr smith"),
-        ("ten", "10"), ("isnt", "isn't"),
+        ("Two", "2"),
+        ("the dog.", "dog"),
+        ("Yes!", "yes"),
+        ("an apple", "apple"),
+        ("None", "0"),
+        ("dont", "don't"),
+        ("t-shirt", "t shirt"),
+        ("3,000", "3000"),
+        ("1.5", "1.5"),
+        ("hello , world", "hello world"),
+        (" A Red\tcar\n", "red car"),
+        ("fire hydrant?", "fire hydrant"),
+        ("mr. smith", "mr smith"),
+        ("ten", "10"),
+        ("isnt", "isn't"),
     ],
-)  # fmt: skip
+)
 def test_official_answer_normalisation(raw, norm):
     assert normalize_answer(raw) == norm
 
@@ -132,11 +150,16 @@ def test_read_gqa(tmp_path):
 # ----------------------------------------------------------------------------------------------------- SNLI-VE
 def test_read_snli_ve(tmp_path):
     rows = [
-        {"Flickr30K_ID": "3416050480", "sentence1": "A man.", "sentence2": "A man sleeps.", "pairID": "p0",
-         "gold_label": "contradiction"},
+        {
+            "Flickr30K_ID": "3416050480",
+            "sentence1": "A man.",
+            "sentence2": "A man sleeps.",
+            "pairID": "p0",
+            "gold_label": "contradiction",
+        },
         {"Flickr30K_ID": "3416050480", "sentence2": "A person.", "pairID": "p1", "gold_label": "entailment"},
         {"Flickr30K_ID": 7, "sentence2": "A tall man.", "pairID": "p2", "gold_label": "neutral"},
-    ]  # fmt: skip
+    ]
     recs = read_snli_ve(write_jsonl(tmp_path / "snli_ve_train.jsonl", rows))
     assert [r["label"] for r in recs] == [2, 0, 1] and recs[0]["sentence"] == "A man sleeps."
     assert recs[2]["image_id"] == "7" and recs[1]["pair_id"] == "p1"
@@ -168,15 +191,27 @@ def test_nlvr2_pair_image_ids(tmp_path):
 # --------------------------------------------------------------------------------------------------------- VCR
 def vcr_row(annot_id="val-0", answer_label=1, rationale_label=2):
     return {
-        "annot_id": annot_id, "img_id": annot_id, "img_fn": "lsmdc_movie/clip@0.jpg", "movie": "movie",
+        "annot_id": annot_id,
+        "img_id": annot_id,
+        "img_fn": "lsmdc_movie/clip@0.jpg",
+        "movie": "movie",
         "objects": ["person", "person", "dog"],
         "question": ["Why", "is", [0], "looking", "at", [1, 2], "?"],
-        "answer_choices": [[[0], "is", "angry", "."], ["They", "are", "friends", "."], ["No", "reason", "."],
-                           [[2], "barked", "."]],
-        "rationale_choices": [["Because", [0], "frowns", "."], ["It", "is", "late", "."], [[1], "smiles", "."],
-                              ["The", [2], "is", "loud", "."]],
-        "answer_label": answer_label, "rationale_label": rationale_label,
-    }  # fmt: skip
+        "answer_choices": [
+            [[0], "is", "angry", "."],
+            ["They", "are", "friends", "."],
+            ["No", "reason", "."],
+            [[2], "barked", "."],
+        ],
+        "rationale_choices": [
+            ["Because", [0], "frowns", "."],
+            ["It", "is", "late", "."],
+            [[1], "smiles", "."],
+            ["The", [2], "is", "loud", "."],
+        ],
+        "answer_label": answer_label,
+        "rationale_label": rationale_label,
+    }
 
 
 def test_vcr_object_names(tmp_path):
@@ -205,11 +240,23 @@ def test_vcr_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------------- RefCOCO+
 def test_read_refcoco(tmp_path):
     rows = [
-        {"ref_id": 0, "sent_id": 0, "image_id": 581857, "sentence": "the lady with the blue shirt",
-         "bbox": [103.93, 299.99, 134.22, 177.42], "split": "train"},
-        {"ref_id": 1, "sent_id": 1, "image_id": 581857, "sentence": "man on left", "bbox": [0, 0, 10, 20],
-         "split": "testA"},
-    ]  # fmt: skip
+        {
+            "ref_id": 0,
+            "sent_id": 0,
+            "image_id": 581857,
+            "sentence": "the lady with the blue shirt",
+            "bbox": [103.93, 299.99, 134.22, 177.42],
+            "split": "train",
+        },
+        {
+            "ref_id": 1,
+            "sent_id": 1,
+            "image_id": 581857,
+            "sentence": "man on left",
+            "bbox": [0, 0, 10, 20],
+            "split": "testA",
+        },
+    ]
     path = write_jsonl(tmp_path / "refcoco+.jsonl", rows)
     assert [r["ref_id"] for r in read_refcoco_jsonl(path)] == [0, 1]
     (test,) = read_refcoco_jsonl(path, split="testA")
@@ -221,12 +268,22 @@ def test_read_refcoco(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- Flickr30k
 def test_read_flickr30k_karpathy(tmp_path):
-    data = {"dataset": "flickr30k", "images": [
-        {"filename": "1000092795.jpg", "imgid": 0, "split": "train", "sentids": [0, 1],
-         "sentences": [{"raw": "Two young guys.", "tokens": ["two"], "imgid": 0, "sentid": 0},
-                       {"raw": "Two men.", "tokens": ["two"], "imgid": 0, "sentid": 1}]},
-        {"filename": "10002456.jpg", "imgid": 1, "split": "test", "sentences": [{"raw": "Workers."}]},
-    ]}  # fmt: skip
+    data = {
+        "dataset": "flickr30k",
+        "images": [
+            {
+                "filename": "1000092795.jpg",
+                "imgid": 0,
+                "split": "train",
+                "sentids": [0, 1],
+                "sentences": [
+                    {"raw": "Two young guys.", "tokens": ["two"], "imgid": 0, "sentid": 0},
+                    {"raw": "Two men.", "tokens": ["two"], "imgid": 0, "sentid": 1},
+                ],
+            },
+            {"filename": "10002456.jpg", "imgid": 1, "split": "test", "sentences": [{"raw": "Workers."}]},
+        ],
+    }
     path = write_json(tmp_path / "dataset_flickr30k.json", data)
     (train,) = read_flickr30k_karpathy(path, "train")
     assert train["stem"] == "1000092795" and train["captions"] == ["Two young guys.", "Two men."]

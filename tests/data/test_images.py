@@ -52,11 +52,17 @@ def write_tsv(path, images=IMAGES):
         for k, (key, (n, w, h)) in enumerate(images.items()):
             feat, boxes = _arrays(k, n, w, h)
             row = {
-                "img_id": key, "img_h": h, "img_w": w, "objects_id": b64(np.arange(n, dtype=np.int64)),
-                "objects_conf": b64(np.ones(n, np.float32)), "attrs_id": b64(np.zeros(n, np.int64)),
-                "attrs_conf": b64(np.ones(n, np.float32)), "num_boxes": n, "boxes": b64(boxes),
+                "img_id": key,
+                "img_h": h,
+                "img_w": w,
+                "objects_id": b64(np.arange(n, dtype=np.int64)),
+                "objects_conf": b64(np.ones(n, np.float32)),
+                "attrs_id": b64(np.zeros(n, np.int64)),
+                "attrs_conf": b64(np.ones(n, np.float32)),
+                "num_boxes": n,
+                "boxes": b64(boxes),
                 "features": b64(feat),
-            }  # fmt: skip
+            }
             f.write("\t".join(str(row[name]) for name in TSV_FIELDNAMES) + "\n")
     return path
 
@@ -175,8 +181,10 @@ def test_batch_collator_pads_pixels_and_extras():
 
 
 def test_pair_and_multiple_choice_collators():
-    recs = [{"pair": [_ex(2, 1), _ex(2, 2)], "labels": torch.tensor(1), "identifier": "a"},
-            {"pair": [_ex(3, 3), _ex(1, 1)], "labels": torch.tensor(0), "identifier": "b"}]  # fmt: skip
+    recs = [
+        {"pair": [_ex(2, 1), _ex(2, 2)], "labels": torch.tensor(1), "identifier": "a"},
+        {"pair": [_ex(3, 3), _ex(1, 1)], "labels": torch.tensor(0), "identifier": "b"},
+    ]
     b = PairCollator()(recs)
     assert b["input_ids"].shape == (4, 3) and b["img_attention_mask"].sum(1).tolist() == [1, 3, 2, 1]
     assert b["labels"].tolist() == [1, 0] and b["identifier"] == ["a", "b"]
@@ -187,3 +195,9 @@ def test_pair_and_multiple_choice_collators():
     assert b["num_choices"] == 4
     with pytest.raises(ValueError, match="record 0 has 1 examples"):
         PairCollator()([{"pair": [_ex(1)], "labels": 0}])
+
+
+def test_hdf5_nested_ids(tmp_path):
+    src = HDF5Features(write_h5(tmp_path / "vcr.h5", {"movie/clip@0.jpg": (2, 10, 10), "top": (1, 10, 10)}))
+    assert sorted(src.keys()) == ["movie/clip@0.jpg", "top"] and len(src) == 2
+    assert "movie/clip@0.jpg" in src and src["movie/clip@0.jpg"]["img_feat"].shape == (2, DIM)

@@ -1,0 +1,61 @@
+"""SNLI-VE visual entailment: does the image entail, is it neutral to, or does it contradict the hypothesis?
+
+Head: the VQA-style MLP ``Linear(H, 2H) -> GELU -> LayerNorm -> Linear(2H, 3)`` on the pooled output (UNITER's VE
+head); loss: cross-entropy on ``labels`` (0 entailment, 1 neutral, 2 contradiction); metric: accuracy, logged as
+``val/acc`` / ``test/acc`` (plus ``train/loss``, ``val/loss``, ``test/loss``).
+
+Example:
+    >>> import torch
+    >>> from lightning_tickets.backbones import Uniter
+    >>> model = VisualEntailment(Uniter("tiny", img_dim=6))
+    >>> batch = {"input_ids": torch.tensor([[101, 5, 102]]), "img_feat": torch.randn(1, 2, 6),
+    ...          "img_pos_feat": torch.rand(1, 2, 7), "labels": torch.tensor([2])}
+    >>> model(batch).shape
+    torch.Size([1, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from lightning_tickets.backbones.base import VLBackbone
+from lightning_tickets.tasks.gqa import LabelClassification
+
+#: Class index -> SNLI-VE label (the batch contract's order).
+VE_LABELS = ("entailment", "neutral", "contradiction")
+
+
+class VisualEntailment(LabelClassification):
+    """SNLI-VE fine-tuning (3-way classification).
+
+    Args:
+        backbone: any :class:`~lightning_tickets.backbones.VLBackbone`.
+        num_classes: 3 (:data:`VE_LABELS`).
+        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params, head_dropout: see
+            :class:`~lightning_tickets.tasks.gqa.LabelClassification`.
+    """
+
+    def __init__(
+        self,
+        backbone: VLBackbone,
+        num_classes: int = 3,
+        lr: float = 5e-5,
+        head_lr_multiplier: float = 10.0,
+        weight_decay: float = 0.01,
+        warmup_steps: int | float = 0,
+        lr_schedule: Literal["linear", "constant"] = "linear",
+        new_backbone_params: str | Sequence[str] = "auto",
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            backbone,
+            num_classes=num_classes,
+            lr=lr,
+            head_lr_multiplier=head_lr_multiplier,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            lr_schedule=lr_schedule,
+            new_backbone_params=new_backbone_params,
+            head_dropout=head_dropout,
+        )
