@@ -41,8 +41,13 @@ def scope_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return dict(resolve_scope(model, "encoder"))
 
 
-def make_loader(batch_size: int, num_batches: int, in_features: int = MODEL_KW["in_features"],
-                num_classes: int = MODEL_KW["num_classes"], seed: int = 1) -> DataLoader:
+def make_loader(
+    batch_size: int,
+    num_batches: int,
+    in_features: int = MODEL_KW["in_features"],
+    num_classes: int = MODEL_KW["num_classes"],
+    seed: int = 1,
+) -> DataLoader:
     """``num_batches`` batches of Gaussian inputs with random labels (no shuffling, no workers)."""
     g = torch.Generator().manual_seed(seed)
     n = batch_size * num_batches
@@ -116,8 +121,9 @@ class StepTimes:
                 timer._t0 = time.perf_counter()
 
         class _End(Callback):
-            def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                                   batch_idx: int) -> None:
+            def on_train_batch_end(
+                self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+            ) -> None:
                 dt = time.perf_counter() - timer._t0
                 timer._seen += 1
                 if timer._seen > timer.warmup:

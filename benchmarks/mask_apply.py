@@ -11,7 +11,9 @@ B. **Inside a training step** (plain PyTorch loop: zero_grad, forward, backward,
    each weight-masking method after ``optimizer.step()``, and masking the *gradients* instead, from a
    ``register_post_accumulate_grad_hook`` per weight (bool ``mul_``, float ``mul_``, inverted ``masked_fill_``).
    Variants are interleaved step by step (one step of each, in a rotating order, then again), so load from other
-   processes hits all of them alike; the figure is the median step time and its ratio to no masking.
+   processes hits all of them alike. Figures: the median step time, the median of the same-round ratio to the
+   unmasked step, and the median time spent masking inside the step (timed around the op, or inside the hooks),
+   which is far less noisy on a shared machine than a difference of whole steps.
 C. **Exactness** on a small model with AdamW (``lr=1e-2``, ``weight_decay=0.1``), foreach and fused
    implementations: after every one of ``--exact-steps`` steps, every masked weight must be exactly 0, and the kept
    weights must equal (bit for bit) those of the current method. Gradient masking is run both with a fresh optimizer
@@ -77,29 +79,49 @@ def weight_methods(params: Params, rep: dict[str, list[torch.Tensor]]) -> dict[s
         for p, m in zip(params, rep["int32"]):
             p.view(torch.int32).bitwise_and_(m)
 
-    return {"foreach_mul_bool (current)": foreach_mul_bool, "mul_bool": mul_bool, "masked_fill_inv": masked_fill_inv,
-            "where_out": where_out, "foreach_mul_float (proposed)": foreach_mul_float, "int32_and": int32_and}
+    return {
+        "foreach_mul_bool (current)": foreach_mul_bool,
+        "mul_bool": mul_bool,
+        "masked_fill_inv": masked_fill_inv,
+        "where_out": where_out,
+        "foreach_mul_float (proposed)": foreach_mul_float,
+        "int32_and": int32_and,
+    }
 
 
-MASK_BYTES = {"foreach_mul_bool (current)": 1, "mul_bool": 1, "masked_fill_inv": 1, "where_out": 1,
-              "foreach_mul_float (proposed)": 4, "int32_and": 4}
+MASK_BYTES = {
+    "foreach_mul_bool (current)": 1,
+    "mul_bool": 1,
+    "masked_fill_inv": 1,
+    "where_out": 1,
+    "foreach_mul_float (proposed)": 4,
+    "int32_and": 4,
+}
 
 
-def grad_hooks(params: Params, rep: dict[str, list[torch.Tensor]], kind: str) -> list[Any]:
-    """Register a post-accumulate-grad hook per weight that masks its gradient; returns the handles."""
+def grad_hooks(
+    params: Params, rep: dict[str, list[torch.Tensor]], kind: str, clock: list[float] | None = None
+) -> list[Any]:
+    """Register a post-accumulate-grad hook per weight that masks its gradient; returns the handles.
+
+    With ``clock`` (a one-element list), the seconds spent inside the hooks are added to ``clock[0]``.
+    """
+    ops: dict[str, Callable[[torch.Tensor, torch.Tensor], Any]] = {
+        "grad_mul_bool": lambda g, m: g.mul_(m),
+        "grad_mul_float": lambda g, m: g.mul_(m),
+        "grad_masked_fill_inv": lambda g, m: g.masked_fill_(m, 0.0),
+    }
+    which = {"grad_mul_bool": "bool", "grad_mul_float": "float", "grad_masked_fill_inv": "inv_bool"}[kind]
+    op = ops[kind]
     handles = []
-    for i, p in enumerate(params):
-        if kind == "grad_mul_bool":
-            def hook(t: torch.Tensor, m: torch.Tensor = rep["bool"][i]) -> None:
-                t.grad.mul_(m)
-        elif kind == "grad_mul_float":
-            def hook(t: torch.Tensor, m: torch.Tensor = rep["float"][i]) -> None:
-                t.grad.mul_(m)
-        elif kind == "grad_masked_fill_inv":
-            def hook(t: torch.Tensor, m: torch.Tensor = rep["inv_bool"][i]) -> None:
-                t.grad.masked_fill_(m, 0.0)
-        else:
-            raise ValueError(kind)
+    for p, m in zip(params, rep[which]):
+
+        def hook(t: torch.Tensor, m: torch.Tensor = m) -> None:
+            t0 = time.perf_counter()
+            op(t.grad, m)
+            if clock is not None:
+                clock[0] += time.perf_counter() - t0
+
         handles.append(p.register_post_accumulate_grad_hook(hook))
     return handles
 
@@ -133,8 +155,16 @@ def part_a(reps: int, sparsity: float) -> list[dict[str, Any]]:
             fn()
             times[name].append(time.perf_counter() - t0)
     n = sum(p.numel() for p in params)
-    return [{"method": k, "median_ms": median(v[1:] or v) * 1e3, "min_ms": min(v) * 1e3, "exact": exact[k],
-             "mask_bytes": MASK_BYTES[k] * n} for k, v in times.items()]
+    return [
+        {
+            "method": k,
+            "median_ms": median(v[1:] or v) * 1e3,
+            "min_ms": min(v) * 1e3,
+            "exact": exact[k],
+            "mask_bytes": MASK_BYTES[k] * n,
+        }
+        for k, v in times.items()
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- part B
@@ -150,33 +180,50 @@ def part_b(steps: int, batch_size: int, sparsity: float) -> list[dict[str, Any]]
     x = torch.randn(batch_size, model.hparams.in_features, generator=g)
     y = torch.randint(0, model.hparams.num_classes, (batch_size,), generator=g)
 
-    def step(fn: Callable[[], None] | None) -> None:
+    def step(fn: Callable[[], None] | None, clock: list[float]) -> None:
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         if fn is not None:
+            t0 = time.perf_counter()
             with torch.no_grad():
                 fn()
+            clock[0] += time.perf_counter() - t0
 
     variants: dict[str, tuple[str | None, Callable[[], None] | None]] = {"none (bare step)": (None, None)}
     variants.update({f"weights: {k}": (None, fn) for k, fn in after.items() if k != "mul_bool"})
     variants.update({f"grads (hook): {k}": (k, None) for k in GRAD_KINDS})
     names = list(variants)
     times: dict[str, list[float]] = {k: [] for k in names}
+    masking: dict[str, list[float]] = {k: [] for k in names}
     for r in range(steps + 1):  # round 0 is warm-up; every later round runs each variant for one step
         k = r % len(names)
         for name in names[k:] + names[:k]:
             kind, fn = variants[name]
-            handles = grad_hooks(params, rep, kind) if kind else []
+            clock = [0.0]
+            handles = grad_hooks(params, rep, kind, clock) if kind else []
             t0 = time.perf_counter()
-            step(fn)
+            step(fn, clock)
             if r > 0:
                 times[name].append(time.perf_counter() - t0)
+                masking[name].append(clock[0])
             for h in handles:
                 h.remove()
-    bare = median(times["none (bare step)"])
-    return [{"variant": k, "median_ms": median(v) * 1e3, "ratio": median(v) / bare,
-             "extra_ms": (median(v) - bare) * 1e3} for k, v in times.items()]
+    bare = times["none (bare step)"]
+    rows = []
+    for k, v in times.items():
+        paired = median([a / b for a, b in zip(v, bare)])  # same round: adjacent in time
+        rows.append(
+            {
+                "variant": k,
+                "median_ms": median(v) * 1e3,
+                "paired_ratio": paired,
+                "masking_ms": median(masking[k]) * 1e3,
+                "masking_vs_bare_step": median(masking[k]) / median(bare),
+                "step_times_ms": [t * 1e3 for t in v],
+            }
+        )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- part C
@@ -233,9 +280,17 @@ def part_c(steps: int) -> list[dict[str, Any]]:
                     continue
                 kept, leaked, leaks = _small_run(method, impl, steps, carry_state=carry)
                 same = all(torch.equal(a, b) for a, b in zip(kept, ref)) if not carry else None
-                rows.append({"adamw": impl, "optimizer_state": "carried over" if carry else "fresh",
-                             "method": method, "max_nonzero_pruned": leaked, "exact": leaked == 0,
-                             "kept_bitwise_equal_to_current": same, "nonzero_pruned_per_step": leaks})
+                rows.append(
+                    {
+                        "adamw": impl,
+                        "optimizer_state": "carried over" if carry else "fresh",
+                        "method": method,
+                        "max_nonzero_pruned": leaked,
+                        "exact": leaked == 0,
+                        "kept_bitwise_equal_to_current": same,
+                        "nonzero_pruned_per_step": leaks,
+                    }
+                )
     return rows
 
 
@@ -252,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out: dict[str, Any] = {"benchmark": "mask_apply", "machine": machine_info(), "config": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    out: dict[str, Any] = {
+        "benchmark": "mask_apply",
+        "machine": machine_info(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
     status = 0
     if "a" in args.parts:
         rows = part_a(args.reps, args.sparsity)
@@ -262,24 +320,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"A. isolated op over {rows[0]['mask_bytes']:,} weights (sparsity {args.sparsity}), {args.reps} reps")
         print(f"{'method':<30}{'median ms':>10}{'min ms':>9}{'vs current':>11}{'mask MB':>9}  exact")
         for r in rows:
-            print(f"{r['method']:<30}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
-                  f"{r['median_ms'] / base['median_ms']:>11.2f}{r['mask_bytes'] / 2**20:>9.1f}  {r['exact']}")
+            print(
+                f"{r['method']:<30}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
+                f"{r['median_ms'] / base['median_ms']:>11.2f}{r['mask_bytes'] / 2**20:>9.1f}  {r['exact']}"
+            )
             status |= not r["exact"]
     if "b" in args.parts:
         rows = part_b(args.steps, args.batch_size, args.sparsity)
         out["in_step"] = rows
         print(f"\nB. one training step (AdamW, batch {args.batch_size}), {args.steps} interleaved steps per variant")
-        print(f"{'variant':<45}{'median ms':>10}{'x bare':>8}{'extra ms':>10}")
+        print(f"{'variant':<45}{'step ms':>9}{'paired x bare':>14}{'masking ms':>12}{'masking/bare step':>19}")
         for r in rows:
-            print(f"{r['variant']:<45}{r['median_ms']:>10.1f}{r['ratio']:>8.3f}{r['extra_ms']:>10.1f}")
+            print(
+                f"{r['variant']:<45}{r['median_ms']:>9.1f}{r['paired_ratio']:>14.3f}{r['masking_ms']:>12.1f}"
+                f"{r['masking_vs_bare_step']:>19.3f}"
+            )
     if "c" in args.parts:
         rows = part_c(args.exact_steps)
         out["exactness"] = rows
         print(f"\nC. exactness, AdamW lr=1e-2 weight_decay=0.1, {args.exact_steps} steps, sparsity 0.7")
         print(f"{'adamw':<9}{'opt. state':<14}{'method':<30}{'max nonzero pruned':>19}  kept == current")
         for r in rows:
-            print(f"{r['adamw']:<9}{r['optimizer_state']:<14}{r['method']:<30}{r['max_nonzero_pruned']:>19}  "
-                  f"{r['kept_bitwise_equal_to_current']}")
+            print(
+                f"{r['adamw']:<9}{r['optimizer_state']:<14}{r['method']:<30}{r['max_nonzero_pruned']:>19}  "
+                f"{r['kept_bitwise_equal_to_current']}"
+            )
             if r["optimizer_state"] == "fresh":
                 status |= (not r["exact"]) or (r["kept_bitwise_equal_to_current"] is False)
     if args.json is not None:

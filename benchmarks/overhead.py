@@ -23,8 +23,9 @@ trial run side by side in threads but in lockstep (:class:`common.Lockstep`): ex
 step at any time, round robin in an order that rotates every round (ABCD, BCDA, ...), and set-up/teardown never
 overlap a step. So load from other processes (the machine is shared) hits all settings alike, step by step, and
 ``torch.set_num_threads(--threads)`` threads serve the one running step. A setting's figure is the median of its
-per-trial medians; ``x bare`` divides medians, ``paired`` is the median over trials of the same-trial ratio
-``setting / bare`` (the figure the rule below uses: lockstep makes a trial's settings see the same load).
+per-trial medians; ``x bare`` divides those medians; ``paired`` is the median, over all trials and rounds, of the
+ratio of a setting's step to the bare step of the same round (adjacent in time, so under the same load); the rule
+below uses ``paired``.
 
 Pass/fail rule (exit status): ``noise`` = robust relative spread of the bare per-trial medians,
 ``1.4826 * MAD / median`` over trials (~ the relative standard deviation of one trial's figure). ``ours`` PASSES if
@@ -111,8 +112,9 @@ def _timed_apply(cb: LotteryTicketCallback, sink: list[float]) -> None:
     cb._apply_masks = wrapper  # type: ignore[method-assign]
 
 
-def prepare_setting(name: str, args: argparse.Namespace, ticket_path: Path, workdir: Path,
-                    lockstep: Lockstep) -> dict[str, Any]:
+def prepare_setting(
+    name: str, args: argparse.Namespace, ticket_path: Path, workdir: Path, lockstep: Lockstep
+) -> dict[str, Any]:
     """Model, data, callbacks and trainer of one setting (built in the main thread: seeding is global)."""
     model = build_model(seed=0)
     loader = make_loader(args.batch_size, args.warmup + args.steps)
@@ -125,17 +127,22 @@ def prepare_setting(name: str, args: argparse.Namespace, ticket_path: Path, work
         _timed_apply(cb, apply_times)
     elif name == "modelpruning":
         modules = [(model.get_submodule(n.rsplit(".", 1)[0]), "weight") for n in scope_params(model)]
-        cb = PruneAtTrainStart(amount=args.sparsity, pruning_fn="l1_unstructured", parameters_to_prune=modules,
-                               use_global_unstructured=True, use_lottery_ticket_hypothesis=False, verbose=0)
+        cb = PruneAtTrainStart(
+            amount=args.sparsity,
+            pruning_fn="l1_unstructured",
+            parameters_to_prune=modules,
+            use_global_unstructured=True,
+            use_lottery_ticket_hypothesis=False,
+            verbose=0,
+        )
     elif name != "bare":
         raise ValueError(f"unknown setting {name!r}; use one of {SETTINGS}")
     callbacks = [timer.start] + ([cb] if cb is not None else []) + [timer.end]
     trainer = make_trainer(callbacks, max_steps=args.warmup + args.steps)
-    return {"model": model, "loader": loader, "timer": timer, "cb": cb, "trainer": trainer,
-            "apply_times": apply_times}
+    return {"model": model, "loader": loader, "timer": timer, "cb": cb, "trainer": trainer, "apply_times": apply_times}
 
 
-def finish_setting(name: str, env: dict[str, Any], warmup: int) -> dict[str, Any]:
+def finish_setting(name: str, env: dict[str, Any], steps: int) -> dict[str, Any]:
     """Step times of a finished fit, plus the scope sparsity (and, for ours, that masked weights are exactly 0)."""
     params = scope_params(env["model"])  # ModelPruning made its pruning permanent at train end
     n = sum(p.numel() for p in params.values())
@@ -144,7 +151,8 @@ def finish_setting(name: str, env: dict[str, Any], warmup: int) -> dict[str, Any
     if name in ("ours", "proposed"):
         masks = env["cb"].masks
         out["pruned_nonzero"] = sum(int(p.detach()[~masks[k]].count_nonzero()) for k, p in params.items())
-        out["apply_times"] = env["apply_times"][warmup:]
+        # one call per step (the callback also applies the masks once when it installs them at fit start)
+        out["apply_times"] = env["apply_times"][-steps:]
     return out
 
 
@@ -173,7 +181,7 @@ def run_trial(order: list[str], args: argparse.Namespace, ticket_path: Path, wor
     if errors:
         name, err = next(iter(errors.items()))
         raise RuntimeError(f"setting {name!r} failed: {err!r}") from err
-    out = {s: finish_setting(s, envs[s], args.warmup) for s in order}
+    out = {s: finish_setting(s, envs[s], args.steps) for s in order}
     envs.clear()
     gc.collect()
     return out
@@ -212,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         Ticket(masks, {"benchmark": "overhead"}).save(ticket_path)
         n_weights = sum(m.numel() for m in masks.values())
         del masks
-        print(f"model: {n_weights:,} weights in scope; batch {args.batch_size}; {args.threads} threads; "
-              f"sparsity {args.sparsity}; {args.trials} trials x ({args.warmup} warm-up + {args.steps} timed) steps",
-              flush=True)
+        print(
+            f"model: {n_weights:,} weights in scope; batch {args.batch_size}; {args.threads} threads; "
+            f"sparsity {args.sparsity}; {args.trials} trials x ({args.warmup} warm-up + {args.steps} timed) steps",
+            flush=True,
+        )
 
         per_trial: dict[str, list[float]] = {s: [] for s in settings}
         raw: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
@@ -235,21 +245,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for s in settings:
         med = median(per_trial[s])
-        paired = median([x / b for x, b in zip(per_trial[s], per_trial["bare"])])
-        row = {"setting": s, "median_ms": med * 1e3, "ratio": med / bare, "paired_ratio": paired,
-               "trial_medians_ms": [x * 1e3 for x in per_trial[s]],
-               "sparsity": median([r["sparsity"] for r in raw[s]])}
+        # k-th timed step of every setting of a trial ran in the same lockstep round: adjacent in time
+        paired = median([x / b for rs, rb in zip(raw[s], raw["bare"]) for x, b in zip(rs["times"], rb["times"])])
+        row = {
+            "setting": s,
+            "median_ms": med * 1e3,
+            "ratio": med / bare,
+            "paired_ratio": paired,
+            "trial_medians_ms": [x * 1e3 for x in per_trial[s]],
+            "sparsity": median([r["sparsity"] for r in raw[s]]),
+        }
         if s in ("ours", "proposed"):
             row["mask_apply_ms"] = median([t for r in raw[s] for t in r["apply_times"]]) * 1e3
+            row["mask_apply_vs_bare"] = row["mask_apply_ms"] / (bare * 1e3)
             row["pruned_nonzero"] = max(r["pruned_nonzero"] for r in raw[s])
         rows.append(row)
 
-    print(f"\n{'setting':<14}{'median ms/step':>16}{'x bare':>9}{'paired':>9}{'sparsity':>10}"
-          f"{'mask apply ms':>15}")
+    print(
+        f"\n{'setting':<14}{'median ms/step':>16}{'x bare':>9}{'paired':>9}{'sparsity':>10}"
+        f"{'mask apply ms (/bare)':>23}"
+    )
     for r in rows:
-        extra = f"{r['mask_apply_ms']:>15.1f}" if "mask_apply_ms" in r else f"{'':>15}"
-        print(f"{r['setting']:<14}{r['median_ms']:>16.1f}{r['ratio']:>9.3f}{r['paired_ratio']:>9.3f}"
-              f"{r['sparsity']:>10.4f}{extra}")
+        extra = f"{r['mask_apply_ms']:>15.1f} ({r['mask_apply_vs_bare']:.3f})" if "mask_apply_ms" in r else ""
+        print(
+            f"{r['setting']:<14}{r['median_ms']:>16.1f}{r['ratio']:>9.3f}{r['paired_ratio']:>9.3f}"
+            f"{r['sparsity']:>10.4f}{extra}"
+        )
     print(f"noise (bare trials, 1.4826*MAD/median): {noise:.3f}; wall {time.perf_counter() - t_start:.0f} s")
 
     status, verdict = 0, "not measured (add 'ours' to --settings)"

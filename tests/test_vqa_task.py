@@ -40,7 +40,8 @@ def test_vqa_score_hand_computed():
     metric.update(torch.tensor([2]), torch.tensor([[0.0, 0.0, 1.0]]))  # index predictions
     assert float(metric.compute()) == pytest.approx((0.6 + 0.3 + 0.0 + 1.0) / 4)
     metric.reset()
-    assert float(metric.compute()) == 0.0
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert float(metric.compute()) == 0.0
 
 
 def test_vqa_score_states_reduce_by_sum():

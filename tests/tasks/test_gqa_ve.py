@@ -83,7 +83,9 @@ def test_training_step_finite_and_backward(cls, num_classes):
 
 
 def test_head_lr_multiplier_param_groups():
-    model = VisualEntailment(Uniter("tiny", img_dim=IMG_DIM), lr=2e-5, head_lr_multiplier=10.0, new_backbone_params="none")
+    model = VisualEntailment(
+        Uniter("tiny", img_dim=IMG_DIM), lr=2e-5, head_lr_multiplier=10.0, new_backbone_params="none"
+    )
     groups = {g["name"]: g for g in model.configure_optimizers()["optimizer"].param_groups}
     assert groups["pretrained"]["lr"] == pytest.approx(2e-5)
     assert groups["new"]["lr"] == pytest.approx(2e-4)

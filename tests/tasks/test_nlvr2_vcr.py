@@ -145,7 +145,7 @@ def test_vcr_accuracy_hand_computed():
 
 def test_vcr_scores_loss_and_backward():
     torch.manual_seed(0)
-    model = VCR(Uniter("tiny", img_dim=IMG_DIM))
+    model = VCR(Uniter("tiny", img_dim=IMG_DIM)).eval()  # no dropout: forward passes comparable
     batch = vcr_batch(2)
     qa, qar = model(batch)
     assert qa.shape == qar.shape == (2, 4)
