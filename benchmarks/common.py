@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -57,39 +56,49 @@ def make_loader(
 
 
 class Lockstep:
-    """Lets several ``Trainer.fit`` calls, each in its own thread, run one training step at a time, round robin.
+    """Lets several ``Trainer.fit`` calls, each in its own process, run one training step at a time, round robin.
 
     Every fit waits at a barrier before its first step (all set-ups done) and after its last step (no teardown
     overlaps a timed step); in between, a baton passes A -> B -> C -> A ..., and the order rotates by one every
     round (ABC, BCA, CAB, ...), so load from other processes hits all settings alike, step by step. All fits must run
-    the same number of steps.
+    the same number of steps. Build it from a ``multiprocessing`` context and pass it to the worker processes.
+
+    Separate processes rather than threads: each fit then runs in a main thread, like a user's script. (In a
+    non-main thread, glibc serves the step's large temporaries from a per-thread arena and the process takes
+    ~4x fewer page faults per step than in the main thread, which makes every step faster than a user's.)
     """
 
-    def __init__(self, names: Sequence[str]) -> None:
-        self._order = list(names)
-        self._pos = 0
-        self._cv = threading.Condition()
-        self._failed = False
-        self.first = threading.Barrier(len(self._order))
-        self.last = threading.Barrier(len(self._order))
+    def __init__(self, names: Sequence[str], ctx: Any, timeout: float = 900.0) -> None:
+        self.names = list(names)
+        self.timeout = timeout
+        self._cv = ctx.Condition()
+        self._pos = ctx.Value("l", 0, lock=False)  # guarded by _cv
+        self._round = ctx.Value("l", 0, lock=False)
+        self._failed = ctx.Value("b", 0, lock=False)
+        self.first = ctx.Barrier(len(self.names), timeout=timeout)
+        self.last = ctx.Barrier(len(self.names), timeout=timeout)
+
+    def _turn(self) -> str:
+        return self.names[(self._pos.value + self._round.value) % len(self.names)]
 
     def acquire(self, name: str) -> None:
         with self._cv:
-            self._cv.wait_for(lambda: self._failed or self._order[self._pos] == name)
-            if self._failed:
+            if not self._cv.wait_for(lambda: self._failed.value or self._turn() == name, timeout=self.timeout):
+                raise TimeoutError(f"lockstep: {name!r} waited {self.timeout:.0f} s for its turn")
+            if self._failed.value:
                 raise RuntimeError("lockstep aborted: another setting failed")
 
     def release(self, name: str) -> None:
         with self._cv:
-            self._pos += 1
-            if self._pos == len(self._order):
-                self._pos = 0
-                self._order = self._order[1:] + self._order[:1]
+            self._pos.value += 1
+            if self._pos.value == len(self.names):
+                self._pos.value = 0
+                self._round.value += 1
             self._cv.notify_all()
 
     def abort(self) -> None:
         with self._cv:
-            self._failed = True
+            self._failed.value = 1
             self._cv.notify_all()
         self.first.abort()
         self.last.abort()

@@ -5,8 +5,9 @@ Three parts, all on the CPU with ``torch.set_num_threads(2)``:
 A. **Isolated op** over the 22,020,096 scope weights of the benchmark model (:mod:`common`) with a 70% mask:
    ``torch._foreach_mul_`` with the bool masks (what ``LotteryTicketCallback._apply_masks`` does today), per-tensor
    ``mul_`` with bool masks, ``masked_fill_`` with a stored inverted bool mask, ``torch.where(mask, w, 0, out=w)``,
-   ``torch._foreach_mul_`` with masks stored in the weights' dtype (float32), and ``bitwise_and_`` of the weights'
-   int32 view with an int32 0/-1 mask. Methods are interleaved; median and minimum over ``--reps``.
+   ``torch._foreach_mul_`` with masks stored in the weights' dtype (float32), the same with the bool masks converted
+   to float32 on every call, and ``bitwise_and_`` of the weights' int32 view with an int32 0/-1 mask. Methods are
+   interleaved; median and minimum over ``--reps``.
 B. **Inside a training step** (plain PyTorch loop: zero_grad, forward, backward, AdamW step; batch 128): no masking,
    each weight-masking method after ``optimizer.step()``, and masking the *gradients* instead, from a
    ``register_post_accumulate_grad_hook`` per weight (bool ``mul_``, float ``mul_``, inverted ``masked_fill_``).
@@ -75,6 +76,9 @@ def weight_methods(params: Params, rep: dict[str, list[torch.Tensor]]) -> dict[s
     def foreach_mul_float() -> None:
         torch._foreach_mul_(params, rep["float"])
 
+    def to_float_per_call() -> None:  # converts the bool masks on every call (no cached float copy)
+        torch._foreach_mul_(params, [m.to(p.dtype) for p, m in zip(params, rep["bool"])])
+
     def int32_and() -> None:
         for p, m in zip(params, rep["int32"]):
             p.view(torch.int32).bitwise_and_(m)
@@ -85,6 +89,7 @@ def weight_methods(params: Params, rep: dict[str, list[torch.Tensor]]) -> dict[s
         "masked_fill_inv": masked_fill_inv,
         "where_out": where_out,
         "foreach_mul_float (proposed)": foreach_mul_float,
+        "to_float_per_call": to_float_per_call,
         "int32_and": int32_and,
     }
 
@@ -95,6 +100,7 @@ MASK_BYTES = {
     "masked_fill_inv": 1,
     "where_out": 1,
     "foreach_mul_float (proposed)": 4,
+    "to_float_per_call": 1,  # stores bool masks; a float32 copy is made (and freed) on every call
     "int32_and": 4,
 }
 

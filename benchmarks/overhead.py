@@ -18,18 +18,20 @@ CPU with ``torch.set_num_threads(2)``, batch 128, AdamW (weight decay 0.01), in 
   by a copy of the masks in the parameters' dtype, so PyTorch runs a vectorised same-dtype multiply instead of its
   scalar dtype-casting loop for float x bool).
 
-Each trial runs one short fit per setting (``--warmup`` steps discarded, then ``--steps`` timed). The fits of a
-trial run side by side in threads but in lockstep (:class:`common.Lockstep`): exactly one of them runs a training
-step at any time, round robin in an order that rotates every round (ABCD, BCDA, ...), and set-up/teardown never
-overlap a step. So load from other processes (the machine is shared) hits all settings alike, step by step, and
-``torch.set_num_threads(--threads)`` threads serve the one running step. A setting's figure is the median of its
+Each trial runs one short fit per setting (``--warmup`` steps discarded, then ``--steps`` timed). Each setting
+runs in its own process (its fits in the main thread, as in a user's script), and the fits of a trial step in
+lockstep (:class:`common.Lockstep`): exactly one of them runs a training step at any time, round robin in an order
+that rotates every round (ABCD, BCDA, ...), and set-up/teardown never overlap a step. So load from other processes (the
+machine is shared) hits all settings alike, step by step, and ``torch.set_num_threads(--threads)`` threads serve
+the one running step. A setting's figure is the median of its
 per-trial medians; ``x bare`` divides those medians; ``paired`` is the median, over all trials and rounds, of the
 ratio of a setting's step to the bare step of the same round (adjacent in time, so under the same load); the rule
 below uses ``paired``.
 
-Pass/fail rule (exit status): ``noise`` = robust relative spread of the bare per-trial medians,
-``1.4826 * MAD / median`` over trials (~ the relative standard deviation of one trial's figure). ``ours`` PASSES if
-its paired ratio ``<= --target`` (1.03); it is WITHIN NOISE (exit 0, with a warning) if
+Pass/fail rule (exit status): ``spread`` = robust relative spread of the bare per-trial medians,
+``1.4826 * MAD / median`` over the trials (~ the relative standard deviation of one trial's figure, load drift
+between trials included); ``noise = spread / sqrt(trials)`` (~ the relative standard error of the bare figure).
+``ours`` PASSES if its paired ratio ``<= --target`` (1.03); it is WITHIN NOISE (exit 0, with a warning) if
 ``--target < ratio <= --target + noise``; otherwise it FAILS and the script exits 1. It also exits 1 if a masked
 weight of ``ours``/``proposed`` is non-zero after training.
 
@@ -44,10 +46,13 @@ import argparse
 import gc
 import json
 import logging
+import math
+import multiprocessing as mp
+import queue
 import sys
 import tempfile
-import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -115,7 +120,7 @@ def _timed_apply(cb: LotteryTicketCallback, sink: list[float]) -> None:
 def prepare_setting(
     name: str, args: argparse.Namespace, ticket_path: Path, workdir: Path, lockstep: Lockstep
 ) -> dict[str, Any]:
-    """Model, data, callbacks and trainer of one setting (built in the main thread: seeding is global)."""
+    """Model, data, callbacks and trainer of one setting."""
     model = build_model(seed=0)
     loader = make_loader(args.batch_size, args.warmup + args.steps)
     timer = StepTimes(args.warmup, lockstep, name, total=args.warmup + args.steps)
@@ -156,35 +161,73 @@ def finish_setting(name: str, env: dict[str, Any], steps: int) -> dict[str, Any]
     return out
 
 
-def run_trial(order: list[str], args: argparse.Namespace, ticket_path: Path, workdir: Path) -> dict[str, Any]:
-    """One trial: every setting's fit in its own thread, stepping in lockstep (one step at a time, round robin)."""
-    lockstep = Lockstep(order)
-    envs = {s: prepare_setting(s, args, ticket_path, workdir, lockstep) for s in order}
-    errors: dict[str, BaseException] = {}
+def _quiet() -> None:
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
 
-    def work(name: str) -> None:
-        try:
-            torch.set_num_threads(args.threads)
-            env = envs[name]
+
+def worker(name: str, args: argparse.Namespace, ticket_path: Path, workdir: Path, lockstep: Lockstep, out: Any) -> None:
+    """One setting in its own process: one fit per trial, stepping in lockstep with the other settings' processes.
+
+    Puts ``("ok", name, trial, result)`` per trial on the queue ``out``, or ``("error", name, -1, traceback)``.
+    """
+    _quiet()
+    torch.set_num_threads(args.threads)
+    try:
+        for trial in range(args.trials):
+            env = prepare_setting(name, args, ticket_path, workdir, lockstep)
             env["trainer"].fit(env["model"], train_dataloaders=env["loader"])
             if len(env["timer"].times) != args.steps:
                 raise RuntimeError(f"{name}: timed {len(env['timer'].times)} steps, expected {args.steps}")
-        except BaseException as err:  # reported by the main thread
-            errors[name] = err
-            lockstep.abort()
+            out.put(("ok", name, trial, finish_setting(name, env, args.steps)))
+            del env
+            gc.collect()
+    except BaseException:
+        lockstep.abort()
+        out.put(("error", name, -1, traceback.format_exc()))
 
-    threads = [threading.Thread(target=work, args=(s,), name=f"fit-{s}") for s in order]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        name, err = next(iter(errors.items()))
-        raise RuntimeError(f"setting {name!r} failed: {err!r}") from err
-    out = {s: finish_setting(s, envs[s], args.steps) for s in order}
-    envs.clear()
-    gc.collect()
-    return out
+
+def run_trials(settings: list[str], args: argparse.Namespace, ticket_path: Path, workdir: Path) -> dict[str, Any]:
+    """All trials: one process per setting; their fits step in lockstep (one step at a time, round robin)."""
+    ctx = mp.get_context("spawn")  # no fork after torch has started its thread pools
+    lockstep = Lockstep(settings, ctx)
+    results: Any = ctx.Queue()
+    procs = [
+        ctx.Process(target=worker, args=(s, args, ticket_path, workdir, lockstep, results), name=f"fit-{s}")
+        for s in settings
+    ]
+    for proc in procs:
+        proc.start()
+    got: dict[str, list[Any]] = {s: [None] * args.trials for s in settings}
+    pending = len(settings) * args.trials
+    ok = False
+    try:
+        while pending:
+            try:
+                kind, name, trial, payload = results.get(timeout=5)
+            except queue.Empty:
+                dead = [proc for proc in procs if proc.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"{dead[0].name} exited with status {dead[0].exitcode}") from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"setting {name!r} failed:\n{payload}")
+            got[name][trial] = payload
+            pending -= 1
+            if all(got[s][trial] is not None for s in settings):
+                line = ", ".join(f"{s} {median(got[s][trial]['times']) * 1e3:.1f}" for s in settings)
+                print(f"trial {trial + 1}/{args.trials} (ms/step): {line}", flush=True)
+        ok = True
+    finally:
+        if not ok:
+            lockstep.abort()
+        for proc in procs:
+            proc.join(timeout=None if ok else 30)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+    return got
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown settings {unknown}; choose from {SETTINGS}")
 
     torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
+    _quiet()
     t_start = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="lt-overhead-") as tmp:
@@ -226,22 +267,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-        per_trial: dict[str, list[float]] = {s: [] for s in settings}
-        raw: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
-        for trial in range(args.trials):
-            k = trial % len(settings)
-            order = settings[k:] + settings[:k]
-            results = run_trial(order, args, ticket_path, workdir)
-            line = []
-            for s in order:
-                res = results[s]
-                raw[s].append(res)
-                per_trial[s].append(median(res["times"]))
-                line.append(f"{s} {per_trial[s][-1] * 1e3:.1f}")
-            print(f"trial {trial + 1}/{args.trials} (ms/step): " + ", ".join(line), flush=True)
+        raw = run_trials(settings, args, ticket_path, workdir)
+        per_trial = {s: [median(r["times"]) for r in raw[s]] for s in settings}
 
     bare = median(per_trial["bare"])
-    noise = rel_mad(per_trial["bare"])
+    spread = rel_mad(per_trial["bare"])
+    noise = spread / math.sqrt(len(per_trial["bare"]))
     rows = []
     for s in settings:
         med = median(per_trial[s])
@@ -271,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['setting']:<14}{r['median_ms']:>16.1f}{r['ratio']:>9.3f}{r['paired_ratio']:>9.3f}"
             f"{r['sparsity']:>10.4f}{extra}"
         )
-    print(f"noise (bare trials, 1.4826*MAD/median): {noise:.3f}; wall {time.perf_counter() - t_start:.0f} s")
+    print(
+        f"bare trial spread (1.4826*MAD/median) {spread:.3f}; noise = spread/sqrt({len(per_trial['bare'])}) "
+        f"= {noise:.3f}; wall {time.perf_counter() - t_start:.0f} s"
+    )
 
     status, verdict = 0, "not measured (add 'ours' to --settings)"
     by = {r["setting"]: r for r in rows}
@@ -289,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f"FAIL: ours {ratio:.3f}x bare > {args.target} + noise {noise:.3f}"
             status = 1
     print(verdict)
+    if "proposed" in by:  # informational: does not change the exit status
+        r = by["proposed"]["paired_ratio"]
+        print(f"(proposed: {r:.3f}x bare, {'<=' if r <= args.target else '>'} {args.target} target)")
 
     if args.json is not None:
         payload = {
@@ -297,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(),
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "weights_in_scope": n_weights,
+            "bare_trial_spread": spread,
             "noise": noise,
             "verdict": verdict,
             "rows": rows,

@@ -41,7 +41,10 @@ def write_tokenizer(directory: str | Path) -> str:
     d.mkdir(parents=True, exist_ok=True)
     vocab = d / "vocab.txt"
     vocab.write_text("\n".join([*SPECIALS, *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(d))
+    # positional: ``vocab_file`` in transformers 4, ``vocab`` in 5 (where ``vocab_file=`` is silently ignored)
+    tok = BertTokenizerFast(str(vocab), do_lower_case=True)
+    assert len(tok) == len(SPECIALS) + len(WORDS), "the WordPiece vocabulary was not loaded"
+    tok.save_pretrained(str(d))
     return str(d)
 
 
@@ -103,7 +106,9 @@ def write_tsv(path: str | Path, images: Mapping[str, int], dim: int, seed: int =
     return str(path)
 
 
-def write_pngs(root: str | Path, image_ids: Sequence[str], sizes: Sequence[tuple[int, int]] = ((40, 32), (32, 48))) -> str:
+def write_pngs(
+    root: str | Path, image_ids: Sequence[str], sizes: Sequence[tuple[int, int]] = ((40, 32), (32, 48))
+) -> str:
     """A folder of random-colour PNGs ``<id>.png`` (sizes cycle through ``sizes`` = (width, height))."""
     from PIL import Image
 
@@ -210,7 +215,12 @@ def write_vcr(path: str | Path, rows: Sequence[tuple[str, str, int, int]]) -> st
                 "question": ["why", "is", [0], "sitting", "?"],
                 "answer_choices": [["yes"], [[1], "is", "red"], [[0, 2], "are", "left"], ["no", "."]],
                 "answer_label": a,
-                "rationale_choices": [["it", "is", "red"], [[2], "is", "blue"], ["a", [1]], ["there", "is", "a", "cat"]],
+                "rationale_choices": [
+                    ["it", "is", "red"],
+                    [[2], "is", "blue"],
+                    ["a", [1]],
+                    ["there", "is", "a", "cat"],
+                ],
                 "rationale_label": r,
             }
         )

@@ -130,6 +130,10 @@ def test_load_uniter_state_dict_reproduces_outputs():
 
 def test_load_uniter_reports_missing_and_unexpected(caplog):
     src = _uniter()
+    with torch.no_grad():  # trained-looking biases (an all-zero bias marks a never-trained layer)
+        for n, p in src.named_parameters():
+            if n.endswith(".bias"):
+                p.add_(0.01)
     sd = {f"uniter.{k}": v for k, v in src.state_dict().items()}
     del sd["uniter.encoder.layer.1.output.dense.weight"]
     sd["vqa_output.0.weight"] = torch.zeros(3, 3)
@@ -171,6 +175,10 @@ def test_bert_init_from_local_checkpoint(tmp_path):
     )
     torch.manual_seed(1)
     bert = transformers.BertForMaskedLM(cfg)  # keys carry a "bert." prefix and an MLM head
+    with torch.no_grad():
+        for n, p in bert.named_parameters():
+            if n.endswith(".bias") and "layer.1.output" not in n:  # layer 1's FFN-out bias stays 0: "untrained"
+                p.add_(0.01)
     bert.save_pretrained(tmp_path)
     model = Uniter("base", img_dim=6, bert_path=str(tmp_path))
     assert model.hidden_size == 24 and len(model.encoder.layer) == 3  # architecture from config.json
@@ -183,6 +191,10 @@ def test_bert_init_from_local_checkpoint(tmp_path):
     new = model.new_parameter_names()
     assert "img_embeddings.img_linear.weight" in new and "pooler.dense.weight" in new
     assert "encoder.layer.0.attention.self.query.weight" not in new
+    # a Linear loaded with an all-zero bias was never trained: loaded, but trained as a new layer
+    assert report.untrained == ["encoder.layer.1.output.dense"]
+    assert {"encoder.layer.1.output.dense.weight", "encoder.layer.1.output.dense.bias"} <= new
+    assert "encoder.layer.1.output.dense.weight" in report.loaded
 
 
 @pytest.mark.demo
@@ -202,7 +214,11 @@ def test_bert_init_from_bundled_minilm():
         ):
             assert torch.equal(model.state_dict()[key], f.get_tensor(key)), key
     assert model.hidden_size == 384 and len(model.encoder.layer) == 6
-    assert {n.split(".")[0] for n in model.new_parameter_names()} == {"img_embeddings"}
+    # all-MiniLM-L6-v2's pooler was never trained (zero bias, Gaussian weights): a new layer, like img_embeddings
+    assert model.load_reports[0].untrained == ["pooler.dense"]
+    assert {n.rsplit(".", 1)[0] for n in model.new_parameter_names()} - {"pooler.dense"} == {
+        n.rsplit(".", 1)[0] for n, _ in model.img_embeddings.named_parameters(prefix="img_embeddings")
+    }
     assert model.load_reports[0].unexpected_keys == []
 
 

@@ -146,7 +146,12 @@ def test_parameter_groups_new_layers_and_no_decay(tmp_path):
         intermediate_size=32,
         max_position_embeddings=16,
     )
-    transformers.BertModel(cfg).save_pretrained(tmp_path)
+    bert = transformers.BertModel(cfg)
+    with torch.no_grad():  # trained-looking biases (an all-zero bias marks a never-trained layer)
+        for n, p in bert.named_parameters():
+            if n.endswith(".bias"):
+                p.add_(0.01)
+    bert.save_pretrained(tmp_path)
     model = VQA(
         Uniter("tiny", img_dim=8, bert_path=str(tmp_path)),
         num_answers=4,

@@ -96,11 +96,13 @@ class LoadReport:
         loaded: model keys that received a tensor.
         missing_keys: model keys the checkpoint did not provide (they keep their current values).
         unexpected_keys: checkpoint keys the model has no parameter for (ignored, e.g. pre-training heads).
+        untrained: ``nn.Linear`` modules loaded with an all-zero bias, i.e. never trained (they count as new layers).
     """
 
     loaded: list[str] = field(default_factory=list)
     missing_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
+    untrained: list[str] = field(default_factory=list)
 
 
 class UniterImageEmbeddings(nn.Module):
@@ -270,9 +272,24 @@ class Uniter(VLBackbone):
                 len(report.unexpected_keys),
                 _preview(report.unexpected_keys),
             )
+        # A Linear whose checkpoint bias is exactly zero was never trained (BERT initialises biases to zero), e.g.
+        # the pooler of all-MiniLM-L6-v2, which sentence-transformers never used: train it as a new layer.
+        linears = {n for n, m in self.named_modules() if isinstance(m, nn.Linear) and m.bias is not None}
+        report.untrained = sorted(
+            n for n in linears if f"{n}.bias" in to_load and not bool(to_load[f"{n}.bias"].detach().ne(0).any())
+        )
+        if report.untrained:
+            log.info(
+                "%s: %d layer(s) have an all-zero bias in the checkpoint (never trained): %s; they count as new "
+                "layers (new-layer learning rate)",
+                source,
+                len(report.untrained),
+                _preview(report.untrained),
+            )
         param_names = {n for n, _ in self.named_parameters()}
         previously_new = self.new_parameter_names()
-        self._new_parameter_names = (previously_new - set(report.loaded)) & param_names
+        pretrained = set(report.loaded) - {f"{n}.{p}" for n in report.untrained for p in ("weight", "bias")}
+        self._new_parameter_names = (previously_new - pretrained) & param_names
         return report
 
     def load_bert_weights(self, path: str | Path) -> LoadReport:
