@@ -53,6 +53,8 @@ class VQA(TaskModule):
         lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
             :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the last head layer.
+        loss: ``"bce"`` (UNITER: binary cross-entropy on soft scores x ``num_answers``) or ``"ce"`` (soft-target
+            cross-entropy; better when every question has one answer, e.g. easy-VQA).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class VQA(TaskModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
+        loss: Literal["bce", "ce"] = "bce",
     ) -> None:
         super().__init__(
             backbone,
@@ -76,6 +79,9 @@ class VQA(TaskModule):
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
         )
+        if loss not in ("bce", "ce"):
+            raise ValueError(f"loss must be 'bce' or 'ce', got {loss!r}")
+        self.loss_type = loss
         self.num_answers = int(num_answers)
         self.head = VQAHead(backbone.hidden_size, self.num_answers, head_dropout)
         self._init_head()
@@ -93,8 +99,13 @@ class VQA(TaskModule):
         return self.head(self.backbone(batch).pooled)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """UNITER's VQA loss: mean BCE-with-logits over all (question, answer) pairs x ``num_answers``."""
-        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype)) * targets.shape[1]
+        """``"bce"``: UNITER's loss, mean BCE-with-logits over (question, answer) pairs x ``num_answers``;
+        ``"ce"``: soft-target cross-entropy ``-sum(t * log_softmax(logits)) / sum(t)`` averaged over questions."""
+        targets = targets.to(logits.dtype)
+        if self.loss_type == "ce":
+            per_q = -(targets * F.log_softmax(logits, dim=1)).sum(1) / targets.sum(1).clamp(min=1e-6)
+            return per_q.mean()
+        return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
