@@ -17,7 +17,9 @@ SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 @pytest.mark.parametrize(("strategy", "method"), [("ddp", "magnitude"), ("ddp_spawn", "random")])
 def test_ddp_ranks_agree_on_masks_theta0_and_weights(tmp_path, strategy, method):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
+    # a clean launch environment: nothing inherited from earlier in-process runs (ports, ranks, seeds)
+    drop = ("PL_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_", "NODE_RANK", "GROUP_RANK", "TORCHELASTIC", "LT_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), strategy, str(tmp_path), method],

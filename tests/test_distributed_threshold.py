@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from lightning_tickets.distributed import histogram_reducers
 from lightning_tickets.masks import global_magnitude_masks
 
 
@@ -37,22 +37,6 @@ def _shard(tensors, rank):
     return {"t2b": tensors["t2"][1500:], "t3": tensors["t3"], "t4": tensors["t4"]}
 
 
-def _worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        tensors = _data()
-        local = _shard(tensors, rank)
-        masks = None
-        results = []
-        for s in _sparsities():
-            masks = global_magnitude_masks(local, masks, s, **histogram_reducers())
-            results.append({n: m.clone() for n, m in masks.items()})
-        torch.save(results, os.path.join(out, f"r{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,7 +44,12 @@ def _free_port():
 
 
 def test_sharded_histogram_threshold_equals_single_process(tmp_path):
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    # a fresh interpreter spawns the ranks: forking a pytest process whose OpenMP pool is running can deadlock
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "LOCAL_RANK", "WORLD_SIZE"))}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("dist_threshold_run.py")), str(tmp_path),
+                           str(_free_port())], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
     tensors = _data()
     # single-process reference, in the same global order as the shards (rank 0's, then rank 1's)
