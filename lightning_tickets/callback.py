@@ -335,9 +335,15 @@ class LotteryTicketCallback(Callback):
         if self.state.round == 0 and self.state.snapshot is None and self.rewind.kind in ("step", "epoch"):
             steps = self.round_steps(trainer)
             nb = trainer.num_training_batches
-            k_steps = self.rewind.k if self.rewind.kind == "step" else (
-                self.rewind.k * max(1, math.ceil(int(nb) / max(1, int(trainer.accumulate_grad_batches))))
-                if isinstance(nb, int) else 0)
+            k_steps = (
+                self.rewind.k
+                if self.rewind.kind == "step"
+                else (
+                    self.rewind.k * max(1, math.ceil(int(nb) / max(1, int(trainer.accumulate_grad_batches))))
+                    if isinstance(nb, int)
+                    else 0
+                )
+            )
             if k_steps >= steps:
                 raise ValueError(
                     f"rewind='{self.rewind}' points past round 0, which has {steps} optimizer steps; use a smaller K"

@@ -515,6 +515,8 @@ def test_resume_fixed_ticket_run(tmp_path):
     trainer([fixed, ckpt], tmp_path, max_epochs=3, enable_checkpointing=True).fit(m1, ToyDataModule(**SMALL))
     again = LotteryTicketCallback(ticket=path, ticket_dir=str(tmp_path / "f"), plot=False)
     m2 = ToyClassifier()
-    trainer([again], tmp_path, max_epochs=3).fit(m2, ToyDataModule(**SMALL), ckpt_path=tmp_path / "fck" / "epoch=0.ckpt")
+    trainer([again], tmp_path, max_epochs=3).fit(
+        m2, ToyDataModule(**SMALL), ckpt_path=tmp_path / "fck" / "epoch=0.ckpt"
+    )
     assert all(torch.equal(again.masks[n], fixed.masks[n]) for n in fixed.masks)
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))

@@ -47,8 +47,13 @@ def test_sharded_histogram_threshold_equals_single_process(tmp_path):
     # a fresh interpreter spawns the ranks: forking a pytest process whose OpenMP pool is running can deadlock
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "LOCAL_RANK", "WORLD_SIZE"))}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("dist_threshold_run.py")), str(tmp_path),
-                           str(_free_port())], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("dist_threshold_run.py")), str(tmp_path), str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
     tensors = _data()
