@@ -52,6 +52,21 @@ def test_region_features_boxes_and_crop():
     assert torch.equal(blank_feat[0], blank_feat[1])
 
 
+def test_region_features_mask_background():
+    pytest.importorskip("PIL")
+    img = _canvas((250, 240, 230))
+    img[8:24, 8:40] = (0, 0, 255)  # a blue bar
+    img[20:24, 36:40] = (250, 240, 230)  # background-coloured notch inside the box
+    masked, boxes = region_features(img, region_size=8)
+    plain, boxes_plain = region_features(img, region_size=8, mask_background=False)
+    assert torch.equal(boxes, boxes_plain)
+    whole_m, whole_p = masked[0].view(3, 8, 8), plain[0].view(3, 8, 8)
+    assert whole_m[:, 6:, :].abs().sum() == 0 and whole_p[:, 6:, :].min() > 0.8  # background zeroed / kept
+    crop_m = masked[1].view(3, 8, 8)
+    assert torch.allclose(crop_m[:, 0, 0], torch.tensor([0.0, 0.0, 1.0]))  # the bar's colour survives
+    assert crop_m[:, 7, 7].abs().sum() < 0.2  # the notch is background: zeroed
+
+
 def test_collate_pads_and_builds_targets():
     x, m = pad_sequence([torch.ones(2, 3), torch.ones(1, 3)])
     assert x.shape == (2, 2, 3) and m.tolist() == [[1, 1], [1, 0]] and x[1, 1].abs().sum() == 0

@@ -106,6 +106,17 @@ def test_vqa_forward_loss_and_head():
     assert [tuple(m.weight.shape) for m in head_linears] == [(64, 32), (4, 64)]
 
 
+def test_vqa_cross_entropy_loss_option():
+    model = _model(loss="ce")
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 3.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.3, 0.0, 0.6]])
+    logp = torch.log_softmax(logits, 1)
+    expected = (-logp[0, 0] + -(0.3 * logp[1, 1] + 0.6 * logp[1, 3]) / 0.9) / 2
+    torch.testing.assert_close(model.loss(logits, targets), expected)
+    with pytest.raises(ValueError, match="loss"):
+        _model(loss="mse")
+
+
 def test_vqa_fit_few_steps(tmp_path):
     model = _model(lr=1e-3)
     before = model.backbone.encoder.layer[0].attention.self.query.weight.detach().clone()

@@ -12,6 +12,11 @@ Parameter groups (AdamW):
   from a BERT checkpoint: ``img_embeddings.*``), see ``new_backbone_params``: ``lr * head_lr_multiplier``;
 * biases and LayerNorm weights get no weight decay (BERT convention).
 
+Training step: subclasses implement :meth:`TaskModule.training_outputs` (loss + predictions of one batch, a
+:class:`StepOutput`); :meth:`TaskModule.training_step` logs and returns the loss, and with ``adversarial=``
+(:class:`~lightning_tickets.adversarial.AdversarialConfig`) adds VILLA-style adversarial training: the loss becomes
+``clean + mean adversarial loss + kl_weight * mean symmetric KL`` (see ``docs/adversarial.md``).
+
 Example:
     >>> import torch
     >>> from lightning_tickets.backbones import Uniter
@@ -28,13 +33,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import nn
 
+from lightning_tickets.adversarial import AdversarialConfig, Logits, SiteRecorder, adversarial_terms
 from lightning_tickets.backbones.base import VLBackbone
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,43 @@ def schedule_length(trainer: Any) -> int | None:
     return int(n)
 
 
+def _fused_supported(params: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel can take these parameters (all floating point, all on CPU or all on CUDA).
+
+    The fused kernel does the same update as the default one (to rounding) in one pass over the memory; on CPU it
+    is ~4x faster for a 22M-parameter model (0.023 s vs 0.099 s per step).
+    """
+    devices = set()
+    for p in params:
+        if not p.is_floating_point():
+            return False
+        devices.add(p.device.type)
+    return len(devices) == 1 and devices <= {"cpu", "cuda"}
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`TaskModule.training_outputs` returns for one training batch.
+
+    Attributes:
+        loss: the task loss (scalar).
+        batch_size: examples in the batch (for logging).
+        logits: the predictions the adversarial consistency term compares, with their distribution kind
+            (:class:`~lightning_tickets.adversarial.Logits`); empty when the task has none.
+        logs: extra training metrics, logged for the clean pass only (e.g. ``{"train/mlm_loss": ...}``).
+
+    Example:
+        >>> out = StepOutput(torch.tensor(0.5), 2, [Logits(torch.zeros(2, 3))])
+        >>> out.batch_size, out.logits[0].kind
+        (2, 'categorical')
+    """
+
+    loss: torch.Tensor
+    batch_size: int
+    logits: Sequence[Logits] = ()
+    logs: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
 class TaskModule(L.LightningModule):
     """Base LightningModule of every task: ``backbone`` + ``head``, optimizer and LR schedule.
 
@@ -91,6 +135,8 @@ class TaskModule(L.LightningModule):
             parameter-name prefixes (e.g. ``["img_embeddings."]``).
         betas: AdamW betas.
         eps: AdamW epsilon.
+        adversarial: VILLA-style adversarial training (:class:`~lightning_tickets.adversarial.AdversarialConfig`,
+            or a mapping of its fields); ``None`` (default) or ``steps=0``: standard training.
     """
 
     backbone: VLBackbone
@@ -107,6 +153,7 @@ class TaskModule(L.LightningModule):
         new_backbone_params: str | Sequence[str] = "auto",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__()
         from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
@@ -125,6 +172,63 @@ class TaskModule(L.LightningModule):
         self.new_backbone_params = new_backbone_params
         self.betas = tuple(betas)
         self.eps = eps
+        self.adversarial = AdversarialConfig.coerce(adversarial)
+        if self.adversarial is not None and self.adversarial.enabled:
+            self._check_adversarial(self.adversarial)
+
+    # ------------------------------------------------------------------ training step
+    def _check_adversarial(self, config: AdversarialConfig) -> None:
+        supported = tuple(getattr(self.backbone, "perturbable_modalities", ()))
+        missing = [m for m in config.modalities if m not in supported]
+        if missing:
+            hint = f"use modalities={list(supported)}" if supported else "it has no perturbable embeddings"
+            raise ValueError(
+                f"adversarial training of {missing} embeddings: {type(self.backbone).__name__} does not pass them "
+                f"through VLBackbone.perturb ({hint})"
+            )
+        if type(self).training_outputs is TaskModule.training_outputs:
+            raise ValueError(
+                f"adversarial training needs {type(self).__name__}.training_outputs (loss and predictions of a batch); "
+                "implement it instead of training_step"
+            )
+
+    def training_outputs(self, batch: Any, batch_idx: int) -> StepOutput:
+        """Loss and predictions of one training batch (no logging). Subclasses implement it.
+
+        It must call the backbone the same way on every call for a given batch (adversarial training runs it
+        ``1 + len(modalities) * (steps + 1)`` times per batch).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement training_outputs or override training_step")
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Task loss of :meth:`training_outputs`, plus the adversarial terms when ``adversarial`` is on.
+
+        Logs ``train/loss`` (the loss returned for the backward) and, with adversarial training,
+        ``train/clean_loss``, ``train/adv_loss`` and ``train/adv_kl``.
+        """
+        config = self.adversarial
+        if config is None or not config.enabled:
+            out = self.training_outputs(batch, batch_idx)
+            loss = out.loss
+        else:
+            recorder = SiteRecorder()
+            with self.backbone.perturbation(recorder):
+                out = self.training_outputs(batch, batch_idx)
+
+            def run() -> tuple[torch.Tensor, Sequence[Logits]]:
+                adv = self.training_outputs(batch, batch_idx)
+                return adv.loss, adv.logits
+
+            terms = adversarial_terms(run, self.backbone, recorder.sites, out.logits, config, clean_loss=out.loss)
+            loss = out.loss + terms.loss + config.kl_weight * terms.kl
+            n = out.batch_size
+            self.log("train/clean_loss", out.loss.detach(), batch_size=n)
+            self.log("train/adv_loss", terms.loss.detach(), batch_size=n)
+            self.log("train/adv_kl", terms.kl.detach(), batch_size=n)
+        for name, value in out.logs.items():
+            self.log(name, value, batch_size=out.batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=out.batch_size)
+        return loss
 
     # ------------------------------------------------------------------ parameter groups
     def new_parameter_names(self) -> set[str]:
@@ -180,7 +284,9 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over :meth:`parameter_groups` + a per-step ``LambdaLR`` spanning one IMP round (or the fit)."""
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps)
+        groups = self.parameter_groups()
+        fused = _fused_supported(p for g in groups for p in g["params"])
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused)
         trainer = getattr(self, "_trainer", None)
         total = schedule_length(trainer)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda(total))
