@@ -1,17 +1,25 @@
 """Exact global magnitude threshold: time and peak extra memory, ours vs concat+kthvalue vs global_unstructured.
 
-Each (method, size) runs in a fresh subprocess so peak RSS is clean. "Extra" memory = peak RSS during the call minus
-the high-water mark after allocating the weights AND a bool mask buffer of the same element count (the mask is the
-output, so it is not counted as overhead). Times are medians of ``--repeats`` calls.
+Each (method, size) runs in a fresh subprocess so peak RSS is clean. "Extra" memory = peak RSS right after the call
+(the largest over the repeats) minus the high-water mark after allocating the weights AND a bool mask buffer of the
+same element count (the mask is the output, so it is not counted as overhead). Pruned counts are taken afterwards with
+``count_nonzero``, which allocates nothing of the weights' size. Times are medians of ``--repeats`` calls.
+
+"kthvalue" is the common reference, timed as users write it: ``torch.cat`` of all ``|w|``, ``kthvalue``, then
+``|w| > threshold`` (which prunes too few when several weights equal the threshold). After its timed calls, the "ours"
+worker checks its mask against the tie-exact oracle: the same concatenation and ``kthvalue``, with the weights equal
+to the threshold pruned in (tensor, flat index) order until exactly ``round(s * N)`` are pruned ("identical").
 
 Run: ``python benchmarks/threshold.py [--sizes 22 85] [--repeats 3] [--json out.json]`` (sizes in millions).
-Targets (issue #6): ours uses <= 1 extra byte per weight and is no slower than concat+kthvalue. Exit 1 if missed.
+Targets (issue #6): ours is identical to the oracle, uses <= 1 extra byte per weight and is no slower than
+concat+kthvalue (a time ratio up to 1.10 is accepted as noise). Exit 1 if a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -21,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _memory import peak_rss_bytes, run_worker  # noqa: E402
 
 SPARSITY = 0.7
+TIME_NOISE = 0.10  # accepted excess of the ours/kthvalue time ratio (shared machines: repeat-to-repeat spread)
 
 
 def _weights(n_million: int):
@@ -51,8 +60,10 @@ def worker(method: str, n_million: int, repeats: int) -> dict:
     buf = torch.ones(n, dtype=torch.bool)  # the output mask's size: touched, then freed
     del buf
     base = peak_rss_bytes()
-    times = []
+    times, peak = [], base
+    masks: dict = {}
     for _ in range(repeats):
+        masks = {}  # the previous call's masks are freed before the next call
         t0 = time.perf_counter()
         if method == "ours":
             masks = global_magnitude_masks(weights, None, SPARSITY)
@@ -78,18 +89,35 @@ def worker(method: str, n_million: int, repeats: int) -> dict:
         else:
             raise SystemExit(f"unknown method {method}")
         times.append(time.perf_counter() - t0)
-        pruned = sum(int((~m).sum()) for m in masks.values())
-        del masks
-    extra = max(0, peak_rss_bytes() - base)
-    return {
+        peak = max(peak, peak_rss_bytes())
+        pruned = sum(m.numel() - int(m.count_nonzero()) for m in masks.values())
+    extra = max(0, peak - base)
+    row = {
         "method": method,
         "weights": n,
         "seconds": statistics.median(times),
+        "all_seconds": times,
         "extra_bytes": extra,
         "extra_bytes_per_weight": extra / n,
         "pruned": pruned,
         "expected_pruned": round(SPARSITY * n),
     }
+    if method == "ours":
+        row["identical"] = _equals_oracle(weights, masks, round(SPARSITY * n))
+    return row
+
+
+def _equals_oracle(weights: dict, masks: dict, k: int) -> bool:
+    """Concatenate + ``kthvalue``, ties at the threshold pruned in (tensor, flat index) order; equal to ``masks``?"""
+    import torch
+
+    flat = torch.cat([w.abs().reshape(-1) for w in weights.values()])
+    thr = flat.kthvalue(k).values
+    keep = flat > thr
+    tied = (flat == thr).nonzero().squeeze(1)
+    keep[tied[k - int((flat < thr).sum()) :]] = True
+    ours = torch.cat([m.reshape(-1) for m in masks.values()])
+    return bool(torch.equal(keep, ours))
 
 
 def main() -> int:
@@ -116,11 +144,25 @@ def main() -> int:
         ours = next(r for r in rows if r["method"] == "ours" and r["weights"] >= size * 1_000_000)
         ref = next(r for r in rows if r["method"] == "kthvalue" and r["weights"] == ours["weights"])
         ratio = ours["seconds"] / ref["seconds"]
-        print(f"      ours / kthvalue time: {ratio:.2f}x; ours extra {ours['extra_bytes_per_weight']:.2f} B/weight")
-        ok &= ours["extra_bytes_per_weight"] <= 1.0 and ratio <= 1.10 and ours["pruned"] == ours["expected_pruned"]
+        print(
+            f"      ours / kthvalue time: {ratio:.2f}x; ours extra {ours['extra_bytes_per_weight']:.2f} B/weight; "
+            f"identical to the tie-exact oracle: {ours['identical']}"
+        )
+        ok &= (
+            ours["extra_bytes_per_weight"] <= 1.0
+            and ratio <= 1.0 + TIME_NOISE
+            and ours["pruned"] == ours["expected_pruned"]
+            and ours["identical"]
+        )
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
-    print("targets met" if ok else "TARGET MISSED: ours must use <= 1 B/weight extra and be <= 1.1x kthvalue time")
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
+    print(
+        "targets met"
+        if ok
+        else f"TARGET MISSED: ours must equal the oracle, use <= 1 B/weight extra and be <= {1 + TIME_NOISE:.2f}x "
+        "the kthvalue time"
+    )
     return 0 if ok else 1
 
 

@@ -1,7 +1,8 @@
 """``LotteryTicketCallback``: iterative magnitude pruning with weight rewinding inside any ``Trainer.fit``.
 
 The callback only orchestrates Lightning's hooks into "a round ended" → score, save the ticket → (at the start of the
-next round) compute the next mask, rewind, reset the optimizer. The maths lives in :mod:`lightning_tickets.masks`,
+next round) compute the next mask, rewind, reset the optimizer. The maths lives in :mod:`lightning_tickets.masks`
+(unstructured) and :mod:`lightning_tickets.structured` (heads, neurons, N:M),
 snapshots in :mod:`lightning_tickets.rewind`, files in :mod:`lightning_tickets.ticket` and
 :mod:`lightning_tickets.report`, collectives in :mod:`lightning_tickets.distributed`.
 
@@ -41,13 +42,36 @@ from lightning_tickets.report import (
 from lightning_tickets.rewind import RewindPoint, reset_optimizers, restore_snapshot, take_snapshot
 from lightning_tickets.schedule import sparsity_schedule
 from lightning_tickets.scope import Scope, resolve_scope
+from lightning_tickets.sharded import (
+    check_shardable,
+    gather_masks,
+    gather_tensors,
+    global_sparsity,
+    is_sharded,
+    local,
+    local_slices,
+    local_tensors,
+    reshard,
+    scatter_masks,
+    sharded_masks,
+)
+from lightning_tickets.structured import (
+    Structure,
+    check_nm,
+    check_structured_sparsity,
+    find_structure,
+    nm_round_masks,
+    nm_schedule,
+    parse_granularity,
+    structured_masks,
+)
 from lightning_tickets.ticket import Ticket
 
 __all__ = ["LotteryTicketCallback", "steps_per_round"]
 
 _STATE_VERSION = 1
-_SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy")
-_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAStrategy", "XLAFSDPStrategy")
+_SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy", "ModelParallelStrategy")
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "XLAStrategy", "XLAFSDPStrategy")
 _OWN_FILES = ("round-*.safetensors", "summary.json", "summary.png")
 
 
@@ -98,7 +122,11 @@ class LotteryTicketCallback(Callback):
             ``"none"``.
         scope: a preset name (``"encoder"``, ``"linear"``, ``"all"``) or ``dict(include=[regex], exclude=[regex],
             modules=["Linear"])`` over qualified module names.
-        granularity: ``"global"`` (one threshold over the scope) or ``"layerwise"``.
+        granularity: unstructured ``"global"`` (one threshold over the scope) or ``"layerwise"``; structured
+            ``"heads"``, ``"neurons"`` or ``"heads+neurons"`` (whole attention heads / FFN neurons; the schedule's
+            sparsity is then the fraction of heads / neurons removed, global, >= 1 per block); or an N:M pattern
+            such as ``"2:4"`` (the schedule runs to ``1 - N/M``, ``target_sparsity`` is ignored, and the last round
+            applies the pattern). See docs/faster-tickets.md.
         method: ``"magnitude"`` or ``"random"`` (random-pruning baseline with the same schedule).
         rewind_head: rewind parameters outside the scope too (task head, embeddings).
         reset_optimizer: fresh optimizer state and LR schedulers at every round.
@@ -137,7 +165,7 @@ class LotteryTicketCallback(Callback):
         steps_per_round: Optional[int] = None,
         rewind: str = "init",
         scope: Union[str, dict[str, Any]] = "encoder",
-        granularity: Literal["global", "layerwise"] = "global",
+        granularity: str = "global",
         method: Literal["magnitude", "random"] = "magnitude",
         rewind_head: bool = True,
         reset_optimizer: bool = True,
@@ -173,11 +201,14 @@ class LotteryTicketCallback(Callback):
             for name, v in (("epochs_per_round", epochs_per_round), ("steps_per_round", steps_per_round)):
                 if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                     raise ValueError(f"{name}={v!r} must be a positive integer")
-            self.sparsities = sparsity_schedule(target_sparsity, schedule, rate)
+        self._kind, self._nm = parse_granularity(granularity)
+        if ticket is None:
+            if self._nm is not None:
+                self.sparsities = nm_schedule(*self._nm, schedule, rate)
+            else:
+                self.sparsities = sparsity_schedule(target_sparsity, schedule, rate)
         else:
             self.sparsities = [0.0]
-        if granularity not in ("global", "layerwise"):
-            raise ValueError(f"granularity={granularity!r} is unknown; use 'global' or 'layerwise'")
         if method not in ("magnitude", "random"):
             raise ValueError(f"method={method!r} is unknown; use 'magnitude' or 'random'")
         if mode not in ("max", "min"):
@@ -206,6 +237,7 @@ class LotteryTicketCallback(Callback):
         self.plot = bool(plot)
         self.cpu_float_masks = bool(cpu_float_masks)
         self._mask_factors: tuple[dict[str, torch.Tensor], list[torch.Tensor]] | None = None
+        self._structure: Structure | None = None  # heads / neurons in scope (structured granularities)
         if self.rewind.kind == "epoch" and epochs_per_round is not None and self.rewind.k >= epochs_per_round:
             raise ValueError(
                 f"rewind='{self.rewind}' points past round 0 (epochs_per_round={epochs_per_round}); use K < "
@@ -218,7 +250,11 @@ class LotteryTicketCallback(Callback):
             )
         self.state = _State()
         self._params: dict[str, torch.nn.Parameter] = {}
+        self._sharded = False  # scope parameters are FSDP2 DTensors: masks / snapshot hold local shards
+        self._all_params: dict[str, torch.nn.Parameter] = {}  # every parameter (sharded: the layout of the snapshot)
+        self._ticket_dir_pending = False  # ticket_dir check deferred to on_train_start (late-restoring strategies)
         self._loaded: dict[str, Any] | None = None
+        self.ticket_report: Any = None  # fixed-ticket mode: lightning_tickets.transfer.TicketMatch of the ticket
         self._boundary = False  # the current round has trained its budget; waiting for its score
         self._last_val_step = -1
         self._last_masked_step = -1
@@ -233,7 +269,7 @@ class LotteryTicketCallback(Callback):
 
     @property
     def masks(self) -> dict[str, torch.Tensor] | None:
-        """Current bool masks by parameter name (``None`` while training dense)."""
+        """Current bool masks by parameter name (``None`` while training dense); local shards when sharded."""
         return self.state.masks
 
     @property
@@ -265,7 +301,8 @@ class LotteryTicketCallback(Callback):
         if mro & set(_SHARDED_STRATEGIES) or not mro & set(_SUPPORTED_STRATEGIES):
             raise RuntimeError(
                 f"LotteryTicketCallback does not support the {strategy.__name__} strategy yet (sharded parameters "
-                "need per-shard masks); use strategy='ddp' / 'ddp_spawn' or a single device"
+                "need per-shard masks); use strategy='ddp' / 'ddp_spawn', a single device, or, to shard the model, "
+                "ModelParallelStrategy with FSDP2 fully_shard in configure_model (docs/callback.md, Sharded training)"
             )
         if self.fixed_ticket_path is not None:
             return
@@ -302,34 +339,89 @@ class LotteryTicketCallback(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_configured = is_overridden("validation_step", pl_module) and trainer.limit_val_batches != 0
-        params = dict(pl_module.named_parameters())
+        params = self._all_params = self._named_params(pl_module)
         if self.fixed_ticket_path is not None:
             self._start_fixed(trainer, pl_module)
             return
         self._params = dict(resolve_scope(pl_module, self.scope_spec))
-        if self._loaded is not None:
-            self._restore(self._loaded, params)
-            self._loaded = None
-            rank_zero_info(
-                f"[lightning-tickets] resumed in round {self.state.round} at sparsity "
-                f"{self.sparsities[self.state.round]:.2%}"
+        self._sharded = check_shardable(self._params)
+        if self._sharded and self._kind not in ("global", "layerwise"):
+            raise ValueError(
+                f"granularity={self.granularity!r} is not supported on sharded (FSDP2) parameters yet; use "
+                "granularity='global' or 'layerwise', or train with strategy='ddp'"
             )
+        self._prepare_granularity(pl_module)
+        if self._loaded is not None:
+            self._resume(pl_module, params)
             return
-        self._prepare_ticket_dir(trainer)
+        if trainer.strategy.restore_checkpoint_after_setup:
+            # ModelParallelStrategy (like FSDP / DeepSpeed) restores callback state only AFTER on_fit_start: whether
+            # this fit resumes is known in on_train_start, where the ticket_dir check then runs
+            self._ticket_dir_pending = True
+        else:
+            self._prepare_ticket_dir(trainer)
         # θ0 must be identical on every rank: DDP syncs at wrap time; broadcasting again also covers
         # strategies that skip it. Done before the snapshot, so the snapshot is rank 0's weights.
-        broadcast_tensors_(params)
+        # Sharded (DTensor) parameters hold a different shard on every rank: only replicated ones are broadcast.
+        broadcast_tensors_({n: p for n, p in params.items() if not is_sharded(p)})
         if self.rewind.kind == "init":
             self.state.snapshot = self._take_snapshot(pl_module)
         self.state.round_start_step = trainer.global_step
         self.state.round_start_epoch = trainer.current_epoch
         n = sum(p.numel() for p in self._params.values())
         rank_zero_info(
-            f"[lightning-tickets] IMP over {len(self._params)} tensors / {n:,} weights (scope {self.scope.name!r}); "
+            f"[lightning-tickets] IMP over {len(self._params)} tensors / {n:,} weights (scope {self.scope.name!r}"
+            + (", sharded: masks and snapshot per local shard" if self._sharded else "")
+            + "); "
             f"{self.num_rounds} rounds at sparsities {self._fmt_sched()}, rewind={self.rewind}, method={self.method}"
+            + ("" if self.granularity == "global" else f", granularity={self.granularity}")
         )
 
+    def _resume(self, pl_module: pl.LightningModule, params: dict[str, torch.nn.Parameter]) -> None:
+        """Apply the state of :meth:`load_state_dict` (kept in ``self._loaded``) to the model and the callback."""
+        self._restore(self._loaded, params)
+        self._loaded = None
+        rank_zero_info(
+            f"[lightning-tickets] resumed in round {self.state.round} at sparsity "
+            f"{self.sparsities[self.state.round]:.2%}"
+        )
+
+    def _resume_late(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resume for strategies that load callback state after ``on_fit_start`` (``restore_checkpoint_after_setup``):
+        the fresh start made there (snapshot of the not-yet-restored weights, fixed ticket) is replaced here."""
+        params = self._all_params = self._named_params(pl_module)  # resharded: sanity validation may have run
+        self._ticket_dir_pending = False
+        self.state, self._mask_factors = _State(), None  # drop the fresh start's snapshot / masks
+        if self.fixed_ticket_path is not None:
+            self._params = {n: params[n] for n in self._loaded["scope_names"]}
+            self._sharded = check_shardable(self._params)
+            self._restore(self._loaded, params)
+            self._loaded = None
+            self.sparsities = [self._sparsity(self.state.masks)]
+            self.target_sparsity = self.sparsities[0]
+            return
+        self._resume(pl_module, params)
+
+    def _prepare_granularity(self, pl_module: pl.LightningModule) -> None:
+        """Structured / N:M: find the heads and neurons in scope, refuse impossible schedules before training."""
+        if self._kind in ("heads", "neurons", "heads+neurons"):
+            structure = find_structure(pl_module).restricted(self._params)
+            check_structured_sparsity(structure, self._kind, self.sparsities[-1])
+            self._structure = structure
+            rank_zero_info(
+                f"[lightning-tickets] structured pruning ({self._kind}) over {len(structure.attention)} attention "
+                f"blocks / {structure.num_heads} heads and {len(structure.ffn)} FFNs / {structure.num_neurons} "
+                "neurons; the schedule's sparsities are fractions of heads / neurons removed"
+            )
+        elif self._nm is not None:
+            check_nm(self._params, *self._nm)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._loaded is not None:  # restored after on_fit_start (see on_fit_start)
+            self._resume_late(trainer, pl_module)
+        elif self._ticket_dir_pending:
+            self._ticket_dir_pending = False
+            self._prepare_ticket_dir(trainer)
         if self.fixed_ticket_path is not None or self.state.finished:
             return
         if self.state.round == 0 and self.state.snapshot is None and self.rewind.kind in ("step", "epoch"):
@@ -415,19 +507,28 @@ class LotteryTicketCallback(Callback):
             return [n for n, _ in pl_module.named_parameters()]
         return list(self._params)
 
+    def _named_params(self, pl_module: pl.LightningModule) -> dict[str, torch.nn.Parameter]:
+        """``named_parameters()``, with FSDP2 modules resharded first so that every parameter is its sharded
+        DTensor (FSDP2 leaves the root's parameters unsharded after a validation forward)."""
+        reshard(pl_module)
+        return dict(pl_module.named_parameters())
+
     def _take_snapshot(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
-        params = dict(pl_module.named_parameters())
-        return take_snapshot({n: params[n] for n in self._snapshot_names(pl_module)}, self.snapshot_device)
+        params = self._named_params(pl_module)
+        # local shards of sharded parameters (the snapshot is per shard, on the host); plain tensors unchanged
+        chosen = {n: params[n] for n in self._snapshot_names(pl_module)}
+        return take_snapshot(local_tensors(chosen), self.snapshot_device)
 
     def _start_fixed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from lightning_tickets import baselines
 
         if self._loaded is not None:  # resuming a fixed-ticket run: the checkpoint holds weights and masks
-            params = dict(pl_module.named_parameters())
+            params = self._named_params(pl_module)
             self._params = {n: params[n] for n in self._loaded["scope_names"]}
+            self._sharded = check_shardable(self._params)
             self._restore(self._loaded, params)
             self._loaded = None
-            self.sparsities = [sparsity_of(self.state.masks)]
+            self.sparsities = [self._sparsity(self.state.masks)]
             self.target_sparsity = self.sparsities[0]
             return
         ticket = Ticket.load(self.fixed_ticket_path)
@@ -435,7 +536,10 @@ class LotteryTicketCallback(Callback):
             meta = ticket.metadata
             ticket = baselines.random_ticket(ticket, matched=self.ticket_mask == "random_matched", seed=self.seed)
             ticket.metadata.update({k: meta[k] for k in ("round", "score") if k in meta})
-        params = dict(pl_module.named_parameters())
+        params = self._named_params(pl_module)
+        if any(is_sharded(p) for p in params.values()):
+            self._start_fixed_sharded(ticket, pl_module, params)
+            return
         if self.ticket_weights == "shuffled":
             mapped = ticket.apply(pl_module, strict=True, remap=self.ticket_remap)  # validates and zeroes
             baselines.shuffle_weights(pl_module, list(mapped), seed=self.seed)
@@ -457,11 +561,40 @@ class LotteryTicketCallback(Callback):
         broadcast_tensors_(params)  # every rank starts from rank 0's (transformed) weights
         masks = ticket.apply(pl_module, strict=True, remap=self.ticket_remap)
         masks = broadcast_masks(masks) if is_distributed() else masks
+        from lightning_tickets.transfer import match_ticket
+
+        self.ticket_report = match_ticket(ticket, pl_module, self.ticket_remap, scope=self.scope_spec)
+        rank_zero_info(f"[lightning-tickets] {self.ticket_report.format()}")
         self._params = {n: params[n] for n in masks}
+        self._use_fixed_masks(masks)
+
+    def _start_fixed_sharded(
+        self, ticket: Ticket, pl_module: pl.LightningModule, params: dict[str, torch.nn.Parameter]
+    ) -> None:
+        """Fixed ticket on FSDP2 parameters: rank 0's full masks, cut into each rank's local shards."""
+        if self.ticket_weights != "init":
+            raise ValueError(
+                f"ticket_weights={self.ticket_weights!r} is not supported on sharded (FSDP2) parameters yet; use "
+                "ticket_weights='init' (transform the weights before fully_shard, in configure_model), or train "
+                "with strategy='ddp'"
+            )
+        full = ticket.masks_for(pl_module, strict=True, remap=self.ticket_remap)  # validates names and shapes
+        self._sharded = check_shardable({n: params[n] for n in full})
+        broadcast_tensors_({n: p for n, p in params.items() if not is_sharded(p)})
+        full = broadcast_masks(full) if is_distributed() else full  # every rank cuts its shard of rank 0's ticket
+        masks = scatter_masks(full, params)
+        from lightning_tickets.transfer import match_ticket
+
+        self.ticket_report = match_ticket(ticket, pl_module, self.ticket_remap, scope=self.scope_spec)
+        rank_zero_info(f"[lightning-tickets] {self.ticket_report.format()}")
+        self._params = {n: params[n] for n in masks}
+        self._use_fixed_masks(masks)
+
+    def _use_fixed_masks(self, masks: dict[str, torch.Tensor]) -> None:
         self.state.masks = masks
         self._apply_masks()
         self.state.round = 0
-        self.sparsities = [sparsity_of(masks)]
+        self.sparsities = [self._sparsity(masks)]
         self.target_sparsity = self.sparsities[0]
         rank_zero_info(
             f"[lightning-tickets] training with the fixed ticket {self.fixed_ticket_path} "
@@ -539,10 +672,11 @@ class LotteryTicketCallback(Callback):
             st.rows = [
                 {
                     "round": 0,
-                    "sparsity": sparsity_of(st.masks),
+                    "sparsity": self._sparsity(st.masks),
                     "score": score,
                     "relative": None,
                     "ticket": str(self.fixed_ticket_path),
+                    "match": None if self.ticket_report is None else self.ticket_report.to_dict(),
                 }
             ]
             self._write_summary(trainer)
@@ -599,12 +733,12 @@ class LotteryTicketCallback(Callback):
         masks = (
             st.masks
             if st.masks is not None
-            else {n: torch.ones_like(p, dtype=torch.bool) for n, p in self._params.items()}
+            else {n: torch.ones_like(local(p), dtype=torch.bool) for n, p in self._params.items()}
         )
         name = f"round-{st.round:02d}.safetensors"
         row = {
             "round": st.round,
-            "sparsity": sparsity_of(masks),
+            "sparsity": self._sparsity(masks),
             "score": score,
             "relative": relative_score(score, st.dense_score),
             "ticket": name,
@@ -612,6 +746,8 @@ class LotteryTicketCallback(Callback):
             "epoch": trainer.current_epoch,
         }
         st.rows.append(row)
+        if self._sharded:  # full-model masks on rank 0 (collective: every rank takes part)
+            masks = gather_masks(masks, self._params, dst=0)
         if trainer.is_global_zero:
             meta = {
                 "round": st.round,
@@ -651,13 +787,15 @@ class LotteryTicketCallback(Callback):
         st = self.state
         nxt = st.round + 1
         target = self.sparsities[nxt]
-        new = compute_masks(self._params, st.masks, target, self.method, self.granularity, self._generator)
-        new = broadcast_masks(new) if is_distributed() else new
+        if self._sharded:
+            reshard(pl_module)  # the next forward must all-gather the rewound, masked shards
+        new = self._compute_masks(st.masks, target, final=nxt == self.num_rounds - 1)
+        new = broadcast_masks(new) if is_distributed() and not self._sharded else new
         if self.rewind.kind != "none":
             if st.snapshot is None:
                 raise RuntimeError(f"no rewind snapshot was taken for rewind='{self.rewind}' (round 0 too short?)")
-            params = dict(pl_module.named_parameters())
-            restore_snapshot({n: params[n] for n in st.snapshot}, st.snapshot)
+            params = self._named_params(pl_module)
+            restore_snapshot(local_tensors({n: params[n] for n in st.snapshot}), st.snapshot)
         st.masks = new
         self._apply_masks()
         st.round = nxt
@@ -667,12 +805,30 @@ class LotteryTicketCallback(Callback):
         st.pending_optimizer_reset = self.reset_optimizer
         self._last_masked_step = trainer.global_step
 
+    def _compute_masks(
+        self, masks: dict[str, torch.Tensor] | None, target: float, final: bool
+    ) -> dict[str, torch.Tensor]:
+        """The next round's masks: unstructured (:mod:`~lightning_tickets.masks`), heads / neurons or N:M
+        (:mod:`~lightning_tickets.structured`)."""
+        generator = self._generator if self.method == "random" else None
+        if self._sharded:  # local shards; histograms summed over ranks (lightning_tickets.sharded)
+            return sharded_masks(self._params, masks, target, self.method, self.granularity, self._generator)
+        if self._structure is not None:
+            return structured_masks(self._params, self._structure, masks, target, self._kind, generator)
+        if self._nm is not None:
+            return nm_round_masks(self._params, masks, target, *self._nm, final=final, generator=generator)
+        return compute_masks(self._params, masks, target, self.method, self.granularity, self._generator)
+
+    def _sparsity(self, masks: Mapping[str, torch.Tensor]) -> float:
+        """Fraction pruned over the whole scope (summed over ranks when the masks are local shards)."""
+        return global_sparsity(masks) if self._sharded else sparsity_of(masks)
+
     @torch.no_grad()
     def _apply_masks(self) -> None:
         masks = self.state.masks
         if not masks:
             return
-        params = [self._params[n] for n in masks]
+        params = [local(self._params[n]) if self._sharded else self._params[n] for n in masks]
         cache = self._mask_factors
         if cache is None or cache[0] is not masks:  # state.masks is replaced at every round, never mutated
             fast = self.cpu_float_masks
@@ -725,9 +881,13 @@ class LotteryTicketCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         st = self.state
+        full_masks, snapshot = st.masks, st.snapshot
+        if self._sharded:  # full tensors, as an unsharded run writes them (collective; kept on rank 0)
+            full_masks = None if full_masks is None else gather_masks(full_masks, self._params, dst=0)
+            snapshot = None if snapshot is None else gather_tensors(snapshot, self._all_params, dst=0)
         masks = None
-        if st.masks is not None:
-            masks = {n: {"shape": list(m.shape), "bits": pack_bits(m)} for n, m in st.masks.items()}
+        if full_masks is not None:
+            masks = {n: {"shape": list(m.shape), "bits": pack_bits(m)} for n, m in full_masks.items()}
         return {
             "version": _STATE_VERSION,
             "config": self._config(),
@@ -742,7 +902,7 @@ class LotteryTicketCallback(Callback):
             "dense_score": st.dense_score,
             "scope_names": list(self._params),
             "masks": masks,
-            "snapshot": None if st.snapshot is None else {n: t.cpu() for n, t in st.snapshot.items()},
+            "snapshot": None if snapshot is None else {n: t.cpu() for n, t in snapshot.items()},
             "generator": self._generator.get_state(),
         }
 
@@ -779,11 +939,16 @@ class LotteryTicketCallback(Callback):
         st.dense_score = sd["dense_score"]
         self._boundary = bool(sd.get("boundary", False))
         if sd["masks"] is not None:
-            st.masks = {
-                n: unpack_bits(v["bits"], v["shape"]).to(self._params[n].device) for n, v in sd["masks"].items()
-            }
+            full = {n: unpack_bits(v["bits"], v["shape"]) for n, v in sd["masks"].items()}
+            if self._sharded:  # the checkpoint holds full masks: keep this rank's shards
+                st.masks = scatter_masks(full, self._params)
+            else:
+                st.masks = {n: m.to(self._params[n].device) for n, m in full.items()}
             self._apply_masks()
         if sd["snapshot"] is not None:
-            st.snapshot = {n: t.to(self.snapshot_device) for n, t in sd["snapshot"].items()}
+            if self._sharded:
+                st.snapshot = local_slices(sd["snapshot"], params, device=self.snapshot_device)
+            else:
+                st.snapshot = {n: t.to(self.snapshot_device) for n, t in sd["snapshot"].items()}
         if sd.get("generator") is not None:
             self._generator.set_state(sd["generator"])

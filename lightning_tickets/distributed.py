@@ -20,8 +20,13 @@ def is_distributed() -> bool:
 
 
 def _comm_device(t: torch.Tensor) -> torch.device:
+    """Where ``t`` travels: the CPU on gloo; otherwise its device, or the current GPU for a CPU tensor (NCCL)."""
     backend = dist.get_backend()
-    return torch.device("cpu") if backend == "gloo" else t.device
+    if backend == "gloo":
+        return torch.device("cpu")
+    if t.device.type == "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
 
 
 @torch.no_grad()

@@ -314,7 +314,35 @@ class Ticket:
         prefix: str = "",
         remap: Mapping[str, str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Zero the pruned weights of ``model`` in place.
+        """Zero the pruned weights of ``model`` in place (see :meth:`masks_for` for the name mapping and checks).
+
+        Returns:
+            ``{model parameter name: bool mask on the parameter's device}`` for every matched parameter.
+
+        Raises:
+            TicketError: on missing names (strict), shape mismatches, or two ticket names mapping to one parameter.
+        """
+        out: dict[str, torch.Tensor] = {}
+        params = dict(model.named_parameters(remove_duplicate=False))
+        with torch.no_grad():
+            for target, mask in self.masks_for(model, strict=strict, prefix=prefix, remap=remap).items():
+                param = params[target]
+                dev_mask = mask.to(param.device)
+                param.masked_fill_(~dev_mask, 0)
+                out[target] = dev_mask
+        return out
+
+    def masks_for(
+        self,
+        model: torch.nn.Module,
+        strict: bool = True,
+        prefix: str = "",
+        remap: Mapping[str, str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Map the ticket onto ``model``'s parameter names and check names and shapes, modifying nothing.
+
+        Used by :meth:`apply`, and for sharded models (FSDP2), whose full masks are then cut into local shards
+        (:func:`lightning_tickets.sharded.scatter_masks`). Shapes are compared with the parameters' (global) shapes.
 
         Each ticket name is mapped to a parameter name: first ``remap`` replaces the longest matching key prefix by
         its value (``""`` strips it), then ``prefix`` is prepended. All names and shapes are checked before any
@@ -328,10 +356,15 @@ class Ticket:
             remap: ``{ticket-name prefix: model-name prefix}``.
 
         Returns:
-            ``{model parameter name: bool mask on the parameter's device}`` for every matched parameter.
+            ``{model parameter name: the ticket's bool mask (CPU)}`` for every matched parameter.
 
         Raises:
             TicketError: on missing names (strict), shape mismatches, or two ticket names mapping to one parameter.
+
+        Example:
+            >>> t = Ticket({"fc.weight": torch.tensor([[True, False]])})
+            >>> list(t.masks_for(torch.nn.Linear(2, 1), remap={"fc.": ""}))
+            ['weight']
         """
         params = dict(model.named_parameters(remove_duplicate=False))
         remap = dict(remap or {})
@@ -380,14 +413,7 @@ class Ticket:
                 f"{_names(missing, 5)}",
                 stacklevel=2,
             )
-        out: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for target, (_, mask) in matched.items():
-                param = params[target]
-                dev_mask = mask.to(param.device)
-                param.masked_fill_(~dev_mask, 0)
-                out[target] = dev_mask
-        return out
+        return {target: mask for target, (_, mask) in matched.items()}
 
     # ------------------------------------------------------------------ comparison
     def overlap(self, other: Ticket) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class Probe(Callback):
                     "params": {n: p.detach().clone() for n, p in pl_module.named_parameters()},
                     "opt_state": len(opt.state),
                     "opt_id": id(opt),
+                    "opt": opt,  # keeps the object alive, so id() values cannot be recycled between rounds
                     "lr": opt.param_groups[0]["lr"],
                     "sched_epoch": None if sched is None else sched.last_epoch,
                     "masks": None if self.cb.masks is None else {n: m.clone() for n, m in self.cb.masks.items()},

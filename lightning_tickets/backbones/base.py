@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+#: ``fn(modality, embeddings [B, L, H], mask [B, L]) -> embeddings``: a hook for :meth:`VLBackbone.perturbation`.
+PerturbFn = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -53,6 +58,12 @@ class VLBackbone(nn.Module):
     (parameters that were *not* initialised from a pre-trained checkpoint, which task modules train with the
     larger "new layer" learning rate).
 
+    **Embedding perturbations** (adversarial training, :mod:`lightning_tickets.adversarial`): a backbone that
+    passes its word embeddings ``[B, T, H]`` through ``self.perturb("text", x, mask)`` and its image embeddings
+    (region projections, patch embeddings) through ``self.perturb("image", x, mask)`` during :meth:`forward`, and
+    lists those modalities in :attr:`perturbable_modalities`, can be trained adversarially by every task module.
+    Outside :meth:`perturbation` blocks ``perturb`` returns its input unchanged.
+
     Example:
         >>> class Dummy(VLBackbone):
         ...     def __init__(self):
@@ -68,10 +79,49 @@ class VLBackbone(nn.Module):
     """
 
     hidden_size: int
+    #: Modalities whose embeddings :meth:`forward` passes through :meth:`perturb` (``"text"``, ``"image"``).
+    perturbable_modalities: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
         self._new_parameter_names: set[str] | None = None
+        self._perturbation: PerturbFn | None = None
+
+    def perturb(self, modality: str, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``[B, L, H]`` of ``modality`` with the active perturbation applied (unchanged when none is).
+
+        ``mask`` ``[B, L]`` marks the real positions (padding is never perturbed). Backbones call this once per
+        modality and forward pass; the hook installed by :meth:`perturbation` also learns the shapes from it.
+        """
+        fn = getattr(self, "_perturbation", None)
+        return embeddings if fn is None else fn(modality, embeddings, mask)
+
+    @property
+    def perturbing(self) -> bool:
+        """Whether a :meth:`perturbation` block is active."""
+        return getattr(self, "_perturbation", None) is not None
+
+    @contextmanager
+    def perturbation(self, fn: PerturbFn) -> Iterator[None]:
+        """Within the block, :meth:`perturb` returns ``fn(modality, embeddings, mask)``.
+
+        Example:
+            >>> from lightning_tickets.backbones import Uniter
+            >>> model = Uniter("tiny", img_dim=6).eval()
+            >>> batch = {"input_ids": torch.tensor([[101, 5, 102]]), "img_feat": torch.randn(1, 2, 6),
+            ...          "img_pos_feat": torch.rand(1, 2, 7)}
+            >>> shift = lambda modality, x, mask: x + torch.randn_like(x) if modality == "image" else x
+            >>> with model.perturbation(shift):
+            ...     moved = model(batch).pooled
+            >>> bool(torch.allclose(moved, model(batch).pooled))
+            False
+        """
+        previous = getattr(self, "_perturbation", None)
+        object.__setattr__(self, "_perturbation", fn)  # never registered as a submodule
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_perturbation", previous)
 
     def forward(self, batch: dict[str, Any]) -> BackboneOutput:  # pragma: no cover - abstract
         """Encode one batch (a dict of tensors, keys defined by the backbone)."""

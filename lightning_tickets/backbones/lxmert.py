@@ -6,6 +6,10 @@ the pooler reads the language ``[CLS]`` token. :class:`Lxmert` concatenates the 
 ``[B, T + R, H]`` sequence (``[text tokens | regions]``) and says which positions are which in ``text_mask`` /
 ``image_mask``, so every task head written for UNITER also works with LXMERT.
 
+Adversarial training (:mod:`lightning_tickets.adversarial`) perturbs the word embeddings (passed to
+``LxmertModel`` as ``inputs_embeds``) and the projected region features ``LN(visn_fc(feat))`` (a forward hook on
+``encoder.visn_fc.visn_layer_norm``, present only while a perturbation is active).
+
 Parameter names are ``lxmert.<transformers LxmertModel name>`` (the prefix of ``LxmertForPreTraining`` /
 ``LxmertForQuestionAnswering`` checkpoints), e.g. ``lxmert.encoder.x_layers.0.visual_attention.att.query.weight``.
 The ``"encoder"`` pruning scope selects the ``nn.Linear`` weights of the language, vision and cross layers plus
@@ -49,6 +53,7 @@ from transformers import LxmertConfig, LxmertModel, PreTrainedConfig, PreTrained
 
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone, resolve_local_path
 from lightning_tickets.backbones.uniter import LoadReport
+from lightning_tickets.structured import Structure, attention_ffn_layer
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +118,8 @@ class Lxmert(VLBackbone):
         True
     """
 
+    perturbable_modalities = ("text", "image")
+
     def __init__(
         self,
         preset: str = "base",
@@ -170,6 +177,38 @@ class Lxmert(VLBackbone):
         params = {n for n, _ in self.named_parameters()}
         self._new_parameter_names = set(report.missing_keys) & params
 
+    # ------------------------------------------------------------------ structure
+    def structure(self) -> Structure:
+        """Attention blocks and FFNs of the language, vision and cross layers (names relative to this module).
+
+        A cross layer has three attention blocks (the shared cross attention ``visual_attention``,
+        ``lang_self_att``, ``visn_self_att``) and two FFNs (``lang_inter``/``lang_output``,
+        ``visn_inter``/``visn_output``).
+
+        Example:
+            >>> s = Lxmert("tiny", img_dim=8).structure()
+            >>> len(s.attention), len(s.ffn), s.attention[-3].core
+            (6, 5, 'lxmert.encoder.x_layers.0.visual_attention.att')
+        """
+        enc, attrs = "lxmert.encoder", (("num_attention_heads", "heads"), ("head_size", "all"))
+        out = Structure()
+        for stack in ("layer", "r_layers"):
+            for i in range(len(getattr(self.lxmert.encoder, stack))):
+                p = f"{enc}.{stack}.{i}"
+                out = out + attention_ffn_layer(
+                    self, p, "attention.self", "attention.output.dense", ("intermediate.dense", "output.dense"), attrs
+                )
+        for i in range(len(self.lxmert.encoder.x_layers)):
+            p = f"{enc}.x_layers.{i}"
+            cross = ("visual_attention.att", "visual_attention.output.dense")
+            out = out + attention_ffn_layer(self, p, *cross, None, attrs)
+            for side in ("lang", "visn"):
+                ffn = (f"{side}_inter.dense", f"{side}_output.dense")
+                out = out + attention_ffn_layer(
+                    self, p, f"{side}_self_att.self", f"{side}_self_att.output.dense", ffn, attrs
+                )
+        return out
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, Any]) -> BackboneOutput:
         """Encode text and regions; returns ``[language output | vision output]`` (see the module docstring)."""
@@ -192,15 +231,26 @@ class Lxmert(VLBackbone):
         img_mask = batch.get("img_attention_mask")
         img_mask = torch.ones(b, r, dtype=torch.bool, device=img_feat.device) if img_mask is None else img_mask.bool()
         dtype = self.lxmert.dtype
-        out = self.lxmert(
-            input_ids=input_ids,
-            token_type_ids=batch.get("token_type_ids"),
-            attention_mask=text_mask.to(dtype),
-            visual_feats=img_feat.to(dtype),
-            visual_pos=batch["img_pos_feat"][..., : self.config.visual_pos_dim].to(dtype),
-            visual_attention_mask=img_mask.to(dtype),
-            return_dict=True,
-        )
+        words, hook = None, None
+        if self.perturbing:  # adversarial training: word embeddings and projected region features (VILLA)
+            words = self.perturb("text", self.lxmert.embeddings.word_embeddings(input_ids), text_mask)
+            hook = self.lxmert.encoder.visn_fc.visn_layer_norm.register_forward_hook(
+                lambda module, args, output: self.perturb("image", output, img_mask)
+            )
+        try:
+            out = self.lxmert(
+                input_ids=input_ids if words is None else None,
+                inputs_embeds=words,
+                token_type_ids=batch.get("token_type_ids"),
+                attention_mask=text_mask.to(dtype),
+                visual_feats=img_feat.to(dtype),
+                visual_pos=batch["img_pos_feat"][..., : self.config.visual_pos_dim].to(dtype),
+                visual_attention_mask=img_mask.to(dtype),
+                return_dict=True,
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
         sequence = torch.cat([out.language_output, out.vision_output], dim=1)
         no_text, no_img = torch.zeros_like(text_mask), torch.zeros_like(img_mask)
         is_text = torch.cat([text_mask, no_img], dim=1)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertPooler
 
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone, resolve_local_path
+from lightning_tickets.structured import Structure, attention_ffn_layer
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ class UniterImageEmbeddings(nn.Module):
     """Region embeddings: ``LN(LN(W_f f) + LN(W_p p) + type) -> dropout`` (names as in original UNITER).
 
     ``mask_embedding`` (row 1) is added to masked regions, whose features are zeroed first (masked region
-    modelling); row 0 is kept at zero.
+    modelling); row 0 is kept at zero. ``perturb`` (adversarial training) is applied to ``LN(W_f f)``, the
+    projected region features, as in VILLA.
     """
 
     def __init__(self, config: BertConfig, img_dim: int) -> None:
@@ -128,12 +130,15 @@ class UniterImageEmbeddings(nn.Module):
         img_pos_feat: torch.Tensor,
         type_embeddings: torch.Tensor,
         img_masked: torch.Tensor | None = None,
+        perturb: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Embed ``[B, R, img_dim]`` features and ``[B, R, 7]`` boxes; ``type_embeddings`` broadcasts to them."""
         if img_masked is not None:
             m = img_masked.bool().unsqueeze(-1)
             img_feat = img_feat.masked_fill(m, 0.0) + m.to(img_feat.dtype) * self.mask_embedding.weight[1]
         transformed_im = self.img_layer_norm(self.img_linear(img_feat))
+        if perturb is not None:
+            transformed_im = perturb(transformed_im)
         transformed_pos = self.pos_layer_norm(self.pos_linear(img_pos_feat))
         embeddings = self.LayerNorm(transformed_im + transformed_pos + type_embeddings)
         return self.dropout(embeddings)
@@ -164,6 +169,8 @@ class Uniter(VLBackbone):
         >>> sorted({n.split(".")[0] for n, _ in Uniter("tiny", img_dim=8).named_parameters()})
         ['embeddings', 'encoder', 'img_embeddings', 'pooler']
     """
+
+    perturbable_modalities = ("text", "image")
 
     def __init__(
         self,
@@ -343,6 +350,26 @@ class Uniter(VLBackbone):
             sd[key[len("uniter.") :] if key.startswith("uniter.") else key] = value
         return self._load(sd, source="UNITER checkpoint")
 
+    # ------------------------------------------------------------------ structure
+    def structure(self) -> Structure:
+        """Attention blocks and FFNs of the encoder (names relative to this module), for structured pruning.
+
+        Example:
+            >>> s = Uniter("tiny", img_dim=8).structure()
+            >>> len(s.attention), s.attention[0].query, s.attention[0].num_heads, s.ffn[0].size
+            (2, 'encoder.layer.0.attention.self.query', 4, 64)
+        """
+        out = Structure()
+        for i in range(len(self.encoder.layer)):
+            out = out + attention_ffn_layer(
+                self,
+                f"encoder.layer.{i}",
+                "attention.self",
+                "attention.output.dense",
+                ("intermediate.dense", "output.dense"),
+            )
+        return out
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, Any]) -> BackboneOutput:
         """Encode ``[text tokens | image regions]`` (see the module docstring for the batch keys)."""
@@ -354,8 +381,14 @@ class Uniter(VLBackbone):
         token_type_ids = batch.get("token_type_ids")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        words = None
+        if self.perturbing:  # adversarial training: perturb the word embeddings (VILLA)
+            words = self.perturb("text", self.embeddings.word_embeddings(input_ids), text_mask)
         txt = self.embeddings(
-            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=batch.get("position_ids")
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            position_ids=batch.get("position_ids"),
+            inputs_embeds=words,
         )
         parts, masks = [txt], [text_mask]
         img_feat = batch.get("img_feat")
@@ -367,7 +400,10 @@ class Uniter(VLBackbone):
             )
             img_type = torch.ones(b, r, dtype=torch.long, device=img_feat.device)
             type_emb = self.embeddings.token_type_embeddings(img_type)
-            parts.append(self.img_embeddings(img_feat, batch["img_pos_feat"], type_emb, batch.get("img_masked")))
+            perturb = (lambda x: self.perturb("image", x, img_mask)) if self.perturbing else None
+            parts.append(
+                self.img_embeddings(img_feat, batch["img_pos_feat"], type_emb, batch.get("img_masked"), perturb)
+            )
             masks.append(img_mask)
         hidden = torch.cat(parts, dim=1)
         attention_mask = torch.cat(masks, dim=1)

@@ -36,6 +36,11 @@ reorders the sampled patches to ``[real patches in raster order | padding patche
 ``max_image_length=-1`` the output is deterministic; every token's value is the one ``ViltModel`` computes (the
 encoder is permutation-equivariant). The sampling still draws from the global torch RNG.
 
+**Adversarial training** (:mod:`lightning_tickets.adversarial`) perturbs the word embeddings and the embeddings of
+the real patches (after the position embedding, before the modality type; not the image ``[CLS]``). With
+``max_image_length > 0`` every pass samples other patches, so a perturbation found on one pass lands on other
+patches on the next: keep the default ``-1`` for adversarial training.
+
 Example:
     >>> import torch
     >>> model = Vilt("tiny")  # 64x64 images, 16x16 patches -> 16 patches + image [CLS]
@@ -59,6 +64,7 @@ from transformers import ViltConfig, ViltModel
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone
 from lightning_tickets.backbones.lxmert import check_config_fields, checkpoint_dir, load_hf_model
 from lightning_tickets.backbones.uniter import LoadReport
+from lightning_tickets.structured import Structure, attention_ffn_layer
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,8 @@ class Vilt(VLBackbone):
         >>> model.hidden_size, len(model.vilt.encoder.layer), model.vilt.embeddings.token_type_embeddings.num_embeddings
         (32, 2, 3)
     """
+
+    perturbable_modalities = ("text", "image")
 
     def __init__(
         self,
@@ -217,6 +225,26 @@ class Vilt(VLBackbone):
                 f"image type build the backbone with modality_type_vocab_size={n + 1} (e.g. NLVR2: 3)"
             )
 
+    # ------------------------------------------------------------------ structure
+    def structure(self) -> Structure:
+        """Attention blocks and FFNs of the encoder (names relative to this module), for structured pruning.
+
+        Example:
+            >>> s = Vilt("tiny").structure()
+            >>> len(s.attention), s.attention[0].core, s.ffn[0].output
+            (2, 'vilt.encoder.layer.0.attention.attention', 'vilt.encoder.layer.0.output.dense')
+        """
+        out = Structure()
+        for i in range(len(self.vilt.encoder.layer)):
+            out = out + attention_ffn_layer(
+                self,
+                f"vilt.encoder.layer.{i}",
+                "attention.attention",
+                "attention.output.dense",
+                ("intermediate.dense", "output.dense"),
+            )
+        return out
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, Any]) -> BackboneOutput:
         """Encode ``[text tokens | image [CLS] | patches]`` (see the module docstring for the batch keys)."""
@@ -246,7 +274,10 @@ class Vilt(VLBackbone):
         idx = idx.to(device=input_ids.device, dtype=torch.long).reshape(-1).expand(b)
 
         emb = self.vilt.embeddings
-        text = emb.text_embeddings(input_ids=input_ids, token_type_ids=batch.get("token_type_ids"))
+        words = None
+        if self.perturbing:  # adversarial training: perturb the word embeddings (VILLA)
+            words = self.perturb("text", emb.text_embeddings.word_embeddings(input_ids), text_mask)
+        text = emb.text_embeddings(input_ids=input_ids, token_type_ids=batch.get("token_type_ids"), inputs_embeds=words)
         text = text + emb.token_type_embeddings(torch.zeros_like(input_ids))
         image, img_mask, (patch_index, (_, width)) = emb.visual_embed(
             pixel_values, pixel_mask.long(), max_image_length=self.config.max_image_length
@@ -259,6 +290,8 @@ class Vilt(VLBackbone):
         patches = image[:, 1:].gather(1, order.unsqueeze(-1).expand(-1, -1, image.shape[-1]))
         image = torch.cat([image[:, :1], patches], dim=1)
         img_mask = torch.cat([img_mask[:, :1].bool(), real.gather(1, order)], dim=1)
+        if self.perturbing:  # adversarial training: the real patch embeddings (not the image [CLS])
+            image = self.perturb("image", image, torch.cat([torch.zeros_like(img_mask[:, :1]), img_mask[:, 1:]], 1))
         image = image + emb.token_type_embeddings(idx[:, None].expand(-1, image.shape[1]))
 
         hidden = torch.cat([text, image], dim=1)

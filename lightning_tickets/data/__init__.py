@@ -11,11 +11,19 @@ from lightning_tickets.data.datamodules import (
     VCRDataModule,
     VQAv2DataModule,
 )
-from lightning_tickets.data.easy_vqa import EasyVQADataModule, detect_foreground_box, region_features
+from lightning_tickets.data.easy_vqa import (
+    EasyVQADataModule,
+    EasyVQAPretrainDataModule,
+    detect_foreground_box,
+    question_type,
+    region_features,
+)
 from lightning_tickets.data.images import HDF5Features, ImageFolder, TSVFeatures, open_image_source
+from lightning_tickets.data.pretrain import PretrainDataModule
 
 __all__ = [
     "EasyVQADataModule",
+    "EasyVQAPretrainDataModule",
     "Flickr30kDataModule",
     "GQADataModule",
     "HDF5Features",
@@ -23,6 +31,7 @@ __all__ = [
     "MultipleChoiceCollator",
     "NLVR2DataModule",
     "PairCollator",
+    "PretrainDataModule",
     "RefCOCODataModule",
     "SNLIVEDataModule",
     "TSVFeatures",
@@ -33,5 +42,6 @@ __all__ = [
     "detect_foreground_box",
     "open_image_source",
     "pad_sequence",
+    "question_type",
     "region_features",
 ]

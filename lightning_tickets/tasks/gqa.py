@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.accuracy import ArgmaxAccuracy
-from lightning_tickets.tasks.base import TaskModule
+from lightning_tickets.tasks.base import StepOutput, TaskModule
 from lightning_tickets.tasks.vqa import VQAHead
 
 
@@ -65,6 +66,7 @@ class LabelClassification(TaskModule):
         lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
             :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the last head layer.
+        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class LabelClassification(TaskModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -87,6 +90,7 @@ class LabelClassification(TaskModule):
             warmup_steps=warmup_steps,
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
+            adversarial=adversarial,
         )
         self.num_classes = int(num_classes)
         self.head = VQAHead(backbone.hidden_size, self.num_classes, head_dropout)
@@ -102,11 +106,10 @@ class LabelClassification(TaskModule):
         """Cross-entropy over the labelled rows (``labels == -1`` ignored)."""
         return cross_entropy_ignore(logits, labels)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
+        """Loss and class logits (a softmax over classes)."""
         logits = self(batch)
-        loss = self.loss(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return loss
+        return StepOutput(self.loss(logits, batch["labels"]), logits.shape[0], [Logits(logits)])
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str, metric: ArgmaxAccuracy) -> None:
         logits = self(batch)
@@ -139,8 +142,8 @@ class GQA(LabelClassification):
         backbone: any :class:`~lightning_tickets.backbones.VLBackbone`.
         num_answers: size of the answer vocabulary (1842 as LXMERT's GQA answer set; the datamodule's
             ``num_answers``).
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params, head_dropout: see
-            :class:`LabelClassification`.
+        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params, head_dropout,
+            adversarial: see :class:`LabelClassification`.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class GQA(LabelClassification):
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -165,5 +169,6 @@ class GQA(LabelClassification):
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
             head_dropout=head_dropout,
+            adversarial=adversarial,
         )
         self.num_answers = self.num_classes

@@ -30,9 +30,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.accuracy import ArgmaxAccuracy
-from lightning_tickets.tasks.base import TaskModule
+from lightning_tickets.tasks.base import StepOutput, TaskModule
 from lightning_tickets.tasks.gqa import cross_entropy_ignore, init_head_
 
 
@@ -74,6 +75,7 @@ class NLVR2(TaskModule):
         lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
             :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the last head layer.
+        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class NLVR2(TaskModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -96,6 +99,7 @@ class NLVR2(TaskModule):
             warmup_steps=warmup_steps,
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
+            adversarial=adversarial,
         )
         if image_token_types is not None and len(image_token_types) != 2:
             raise ValueError(f"image_token_types must be [left_type, right_type], got {image_token_types}")
@@ -120,11 +124,10 @@ class NLVR2(TaskModule):
         """Cross-entropy over the records."""
         return cross_entropy_ignore(logits, labels)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
+        """Loss and pair logits (a softmax over true / false)."""
         logits = self(batch)
-        loss = self.loss(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return loss
+        return StepOutput(self.loss(logits, batch["labels"]), logits.shape[0], [Logits(logits)])
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str, metric: ArgmaxAccuracy) -> None:
         logits = self(batch)

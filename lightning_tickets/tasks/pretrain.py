@@ -60,9 +60,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone
 from lightning_tickets.metrics.accuracy import ArgmaxAccuracy
-from lightning_tickets.tasks.base import TaskModule
+from lightning_tickets.tasks.base import StepOutput, TaskModule
 from lightning_tickets.tasks.gqa import init_head_
 from lightning_tickets.tasks.refexp import region_hidden_states, region_mask
 
@@ -160,7 +161,7 @@ class Pretraining(TaskModule):
         vocab_size: vocabulary size of an untied MLM head (default: the backbone's ``config.vocab_size``).
         mrc_num_classes: detector classes of ``img_soft_label`` (1601 for the Visual Genome BUTD detector).
         seed: seed of the per-batch objective draw.
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
+        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params, adversarial: see
             :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
@@ -180,6 +181,7 @@ class Pretraining(TaskModule):
         warmup_steps: int | float = 0,
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -189,6 +191,7 @@ class Pretraining(TaskModule):
             warmup_steps=warmup_steps,
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
+            adversarial=adversarial,
         )
         tasks = [str(t).lower() for t in tasks]
         unknown = [t for t in tasks if t not in TASKS]
@@ -329,9 +332,10 @@ class Pretraining(TaskModule):
         hidden, sel = self._masked_regions(out, batch)
         if not bool(sel.any()):
             return TaskResult(self._zero(out), 0)
-        log_probs = F.log_softmax(self.head["mrc"](hidden).float(), dim=-1)
+        logits = self.head["mrc"](hidden)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
         target = soft[sel].float()
-        return TaskResult(F.kl_div(log_probs, target, reduction="batchmean"), int(sel.sum()))
+        return TaskResult(F.kl_div(log_probs, target, reduction="batchmean"), int(sel.sum()), logits)
 
     def task_results(self, batch: Mapping[str, Any], tasks: Sequence[str], joint: bool) -> dict[str, TaskResult]:
         """Run the objectives ``tasks``: on one forward of the masked batch (``joint``) or each on its own view
@@ -370,20 +374,20 @@ class Pretraining(TaskModule):
             )
         return available
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
+        """Loss of the drawn objective (``"sample"``) or the weighted sum (``"sum"``); predictions for the
+        adversarial consistency term: MLM, ITM and MRC logits (softmaxes); MRFR has none (a regression)."""
         available = self._available_or_fail(batch)
         n = batch["input_ids"].shape[0]
         if self.mix == "sample":
             task = self.sample_task(available, batch_idx)
-            losses = self.task_losses(batch, [task], joint=False)
-            loss = losses[task]
+            results = self.task_results(batch, [task], joint=False)
+            loss = results[task].loss
         else:
-            losses = self.task_losses(batch, available, joint=True)
-            loss = sum(self.task_weights[t] * v for t, v in losses.items())
-        for t, v in losses.items():
-            self.log(f"train/{t}_loss", v, batch_size=n)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        return loss
+            results = self.task_results(batch, available, joint=True)
+            loss = sum(self.task_weights[t] * r.loss for t, r in results.items())
+        logits = [Logits(r.logits) for r in results.values() if r.logits is not None]
+        return StepOutput(loss, n, logits, {f"train/{t}_loss": r.loss for t, r in results.items()})
 
     def _eval_step(self, batch: Mapping[str, Any], metrics: nn.ModuleDict) -> None:
         available = self._available_or_fail(batch)

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone
 from lightning_tickets.metrics.grounding import GroundingAccuracy
-from lightning_tickets.tasks.base import TaskModule
+from lightning_tickets.tasks.base import StepOutput, TaskModule
 from lightning_tickets.tasks.gqa import init_head_
 
 #: Score given to padded regions (finite, so half precision and the cross-entropy stay finite).
@@ -85,6 +86,7 @@ class ReferringExpression(TaskModule):
         lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
             :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout on the region states before the head.
+        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class ReferringExpression(TaskModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -107,6 +110,7 @@ class ReferringExpression(TaskModule):
             warmup_steps=warmup_steps,
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
+            adversarial=adversarial,
         )
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.hidden_size, 1))
         init_head_(self.head)
@@ -130,11 +134,10 @@ class ReferringExpression(TaskModule):
         best = scores.argmax(dim=1)
         return img_pos_feat[torch.arange(scores.shape[0], device=scores.device), best, :4]
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
+        """Loss and region scores (a softmax over the real regions)."""
         scores = self(batch)
-        loss = self.loss(scores, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=scores.shape[0])
-        return loss
+        return StepOutput(self.loss(scores, batch["labels"]), scores.shape[0], [Logits(scores)])
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str, metric: GroundingAccuracy) -> None:
         scores = self(batch)

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.recall import RetrievalRecall
-from lightning_tickets.tasks.base import TaskModule
+from lightning_tickets.tasks.base import StepOutput, TaskModule
 from lightning_tickets.tasks.gqa import init_head_
 
 
@@ -57,6 +58,7 @@ class ImageTextRetrieval(TaskModule):
         lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
             :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the score layer.
+        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class ImageTextRetrieval(TaskModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -81,6 +84,7 @@ class ImageTextRetrieval(TaskModule):
             warmup_steps=warmup_steps,
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
+            adversarial=adversarial,
         )
         if img2txts is not None and txt2img is None:
             raise ValueError("img2txts needs txt2img too")
@@ -160,11 +164,10 @@ class ImageTextRetrieval(TaskModule):
     def on_test_epoch_end(self) -> None:
         self._end_eval("test")
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
+        """Loss and matching logits (a Bernoulli per pair)."""
         scores = self(batch)
-        loss = self.loss(scores, batch["itm_labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=scores.shape[0])
-        return loss
+        return StepOutput(self.loss(scores, batch["itm_labels"]), scores.shape[0], [Logits(scores, "bernoulli")])
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         """Matching probabilities ``[B]``."""

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.vcr import VCRAccuracy
-from lightning_tickets.tasks.base import TaskModule
+from lightning_tickets.tasks.base import StepOutput, TaskModule
 from lightning_tickets.tasks.gqa import init_head_
 from lightning_tickets.tasks.vqa import VQAHead
 
@@ -49,6 +50,7 @@ class VCR(TaskModule):
         lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
             :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the last head layer.
+        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class VCR(TaskModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -71,6 +74,7 @@ class VCR(TaskModule):
             warmup_steps=warmup_steps,
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
+            adversarial=adversarial,
         )
         self.num_choices = int(num_choices)
         self.head: nn.Module = VQAHead(backbone.hidden_size, 1, head_dropout)
@@ -96,11 +100,11 @@ class VCR(TaskModule):
         """CE over the Q->A candidates + CE over the QA->R candidates."""
         return F.cross_entropy(qa, answer_label.long()) + F.cross_entropy(qar, rationale_label.long())
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
+        """Loss and the candidate scores of Q->A and QA->R (a softmax over candidates each)."""
         qa, qar = self(batch)
         loss = self.loss(qa, qar, batch["answer_label"], batch["rationale_label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=qa.shape[0])
-        return loss
+        return StepOutput(loss, qa.shape[0], [Logits(qa), Logits(qar)])
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str, metric: VCRAccuracy) -> None:
         qa, qar = self(batch)

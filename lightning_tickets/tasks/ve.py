@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from lightning_tickets.adversarial import AdversarialConfig
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.tasks.gqa import LabelClassification
 
@@ -32,8 +33,8 @@ class VisualEntailment(LabelClassification):
     Args:
         backbone: any :class:`~lightning_tickets.backbones.VLBackbone`.
         num_classes: 3 (:data:`VE_LABELS`).
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params, head_dropout: see
-            :class:`~lightning_tickets.tasks.gqa.LabelClassification`.
+        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params, head_dropout,
+            adversarial: see :class:`~lightning_tickets.tasks.gqa.LabelClassification`.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class VisualEntailment(LabelClassification):
         lr_schedule: Literal["linear", "constant"] = "linear",
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -58,4 +60,5 @@ class VisualEntailment(LabelClassification):
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
             head_dropout=head_dropout,
+            adversarial=adversarial,
         )

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.vqa import VQAScore
-from lightning_tickets.tasks.base import TaskModule
+from lightning_tickets.tasks.base import StepOutput, TaskModule
 
 
 class VQAHead(nn.Sequential):
@@ -55,6 +56,7 @@ class VQA(TaskModule):
         head_dropout: dropout before the last head layer.
         loss: ``"bce"`` (UNITER: binary cross-entropy on soft scores x ``num_answers``) or ``"ce"`` (soft-target
             cross-entropy; better when every question has one answer, e.g. easy-VQA).
+        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class VQA(TaskModule):
         new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
         loss: Literal["bce", "ce"] = "bce",
+        adversarial: AdversarialConfig | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -78,6 +81,7 @@ class VQA(TaskModule):
             warmup_steps=warmup_steps,
             lr_schedule=lr_schedule,
             new_backbone_params=new_backbone_params,
+            adversarial=adversarial,
         )
         if loss not in ("bce", "ce"):
             raise ValueError(f"loss must be 'bce' or 'ce', got {loss!r}")
@@ -107,11 +111,11 @@ class VQA(TaskModule):
             return per_q.mean()
         return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
+        """Loss and answer logits (a Bernoulli per answer with ``loss="bce"``, a softmax with ``"ce"``)."""
         logits = self(batch)
-        loss = self.loss(logits, batch["targets"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return loss
+        kind = "categorical" if self.loss_type == "ce" else "bernoulli"
+        return StepOutput(self.loss(logits, batch["targets"]), logits.shape[0], [Logits(logits, kind)])
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         logits = self(batch)
