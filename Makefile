@@ -54,7 +54,7 @@ demo-quick: $(STAMP)-demo
 
 bench: $(STAMP)-test+demo
 	$(PY) benchmarks/overhead.py
-	@for s in threshold memory ticket_size structured; do \
+	@for s in threshold memory ticket_size scaling structured; do \
 	  if [ -f benchmarks/$$s.py ]; then $(PY) benchmarks/$$s.py || exit $$?; fi; done
 
 docs: $(STAMP)-docs

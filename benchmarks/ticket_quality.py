@@ -34,6 +34,7 @@ import torch
 from lightning_tickets import LotteryTicketCallback
 
 METHODS = ("imp", "rp", "shuffled")
+LABELS_SHORT = {"imp": "IMP", "rp": "RP", "shuffled": "θ″"}
 LABELS = {"imp": "IMP ticket (rewind to θ0)", "rp": "random pruning", "shuffled": "IMP mask on shuffled θ (θ″)"}
 
 
@@ -187,9 +188,11 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def report(args, cache: Path) -> dict:
     results = [json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))]
     by: dict[str, dict[float, list[float]]] = {m: {} for m in METHODS}
+    per_seed: dict[int, dict[str, dict[float, float]]] = {}
     for r in results:
         for row in r["rows"]:
             by[r["method"]].setdefault(round(row["sparsity"], 4), []).append(row["test"])
+            per_seed.setdefault(r["seed"], {}).setdefault(r["method"], {})[round(row["sparsity"], 4)] = row["test"]
     dense = by["imp"].get(0.0, [])
     if not dense:
         print("no finished IMP run yet")
@@ -218,6 +221,9 @@ def report(args, cache: Path) -> dict:
         "config": args.config,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "cells": len(results),
+        "per_seed": {
+            str(k): {m: {str(sp): v for sp, v in d.items()} for m, d in per_seed[k].items()} for k in sorted(per_seed)
+        },
         "steps_per_round": sorted({r.get("steps_per_round") for r in results if r.get("steps_per_round")}),
         "precision": sorted({r.get("precision", "32-true") for r in results}),
         "threads_per_process": sorted({r.get("threads") for r in results if r.get("threads")}),
@@ -276,6 +282,20 @@ def _markdown(summary: dict, path: Path, args) -> None:
         )
         if w is not None
         else "",
+        "",
+        "Per seed (test accuracy in %, IMP at every round / controls where run):",
+        "",
+        "| seed | " + " | ".join(f"{100 * r['sparsity']:.1f}%" for r in summary["table"]) + " |",
+        "|---:|" + "---:|" * len(summary["table"]),
+    ]
+    for seed, methods in summary["per_seed"].items():
+        cells = []
+        for r in summary["table"]:
+            key = str(round(r["sparsity"], 4))
+            parts = [f"{LABELS_SHORT[m]} {100 * methods[m][key]:.1f}" for m in METHODS if key in methods.get(m, {})]
+            cells.append(", ".join(parts) or "—")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    lines += [
         "",
         "![score vs sparsity](easy_vqa.png)",
         "",
