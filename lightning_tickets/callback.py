@@ -393,12 +393,7 @@ class LotteryTicketCallback(Callback):
         self._ticket_dir_pending = False
         self.state, self._mask_factors = _State(), None  # drop the fresh start's snapshot / masks
         if self.fixed_ticket_path is not None:
-            self._params = {n: params[n] for n in self._loaded["scope_names"]}
-            self._sharded = check_shardable(self._params)
-            self._restore(self._loaded, params)
-            self._loaded = None
-            self.sparsities = [self._sparsity(self.state.masks)]
-            self.target_sparsity = self.sparsities[0]
+            self._restore_fixed_ticket(params)
             return
         self._resume(pl_module, params)
 
@@ -523,13 +518,7 @@ class LotteryTicketCallback(Callback):
         from lightning_tickets import baselines
 
         if self._loaded is not None:  # resuming a fixed-ticket run: the checkpoint holds weights and masks
-            params = self._named_params(pl_module)
-            self._params = {n: params[n] for n in self._loaded["scope_names"]}
-            self._sharded = check_shardable(self._params)
-            self._restore(self._loaded, params)
-            self._loaded = None
-            self.sparsities = [self._sparsity(self.state.masks)]
-            self.target_sparsity = self.sparsities[0]
+            self._restore_fixed_ticket(self._named_params(pl_module))
             return
         ticket = Ticket.load(self.fixed_ticket_path)
         if self.ticket_mask != "ticket":
@@ -918,6 +907,15 @@ class LotteryTicketCallback(Callback):
                 f"but this one is configured as {self._config()}; resume with the same settings"
             )
         self._loaded = state_dict
+
+    def _restore_fixed_ticket(self, params: Mapping[str, torch.nn.Parameter]) -> None:
+        """Resume a fixed-ticket run from the checkpointed state in ``self._loaded`` (weights and masks)."""
+        self._params = {n: params[n] for n in self._loaded["scope_names"]}
+        self._sharded = check_shardable(self._params)
+        self._restore(self._loaded, params)
+        self._loaded = None
+        self.sparsities = [self._sparsity(self.state.masks)]
+        self.target_sparsity = self.sparsities[0]
 
     def _restore(self, sd: Mapping[str, Any], params: Mapping[str, torch.nn.Parameter]) -> None:
         names = list(sd["scope_names"])
