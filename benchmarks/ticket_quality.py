@@ -14,7 +14,10 @@ Run (full grid, hours on 2 CPU cores)::
     python benchmarks/ticket_quality.py --config examples/easy_vqa/imp.yaml --seeds 0 1 2
 
 ``--max-cells N`` stops after N new cells (to spread the grid over several sessions); ``--report-only`` rewrites
-the report from the cache.
+the report from the cache. Several processes can share one cache (each claims a cell with a lock file, see
+``grid.py``); on 2 cores, two one-thread processes finish the grid sooner than one two-thread process::
+
+    for i in 1 2; do python benchmarks/ticket_quality.py --seeds 0 1 2 --threads 1 & done; wait
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ import lightning as L
 import torch
 
 from lightning_tickets import LotteryTicketCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import claimed_cells  # noqa: E402
 
 METHODS = ("imp", "rp", "shuffled")
 LABELS_SHORT = {"imp": "IMP", "rp": "RP", "shuffled": "θ″"}
@@ -373,18 +379,16 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    done_new = 0
-    while not args.report_only:
-        todo = [c for c in cells_for(args, cache) if not (cache / f"{c['name']}.json").exists()]
+
+    def todo() -> list[dict]:
         # IMP runs first (the controls need their tickets), then the controls in seed order
-        todo.sort(key=lambda c: (c["method"] != "imp", c["seed"], c.get("round", 0), c["method"]))
-        if not todo or (args.max_cells is not None and done_new >= args.max_cells):
-            break
-        cell = todo[0]
-        print(f"[{time.strftime('%H:%M:%S')}] cell {cell['name']} ({len(todo)} left)", flush=True)
-        run_cell(cell, args, cache)
-        done_new += 1
-        report(args, cache)
+        cells = cells_for(args, cache)
+        return sorted(cells, key=lambda c: (c["method"] != "imp", c["seed"], c.get("round", 0), c["method"]))
+
+    if not args.report_only:
+        for cell in claimed_cells(todo, cache, name=lambda c: c["name"], max_cells=args.max_cells):
+            run_cell(cell, args, cache)
+            report(args, cache)
     summary = report(args, cache)
     return 0 if summary else 1
 

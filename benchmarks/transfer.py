@@ -50,6 +50,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from grid import claimed_cells
 from ticket_quality import test_accuracy as accuracy
 
 from lightning_tickets import LotteryTicketCallback
@@ -63,7 +64,11 @@ LABELS = {"color": "colour", "shape": "shape", "yesno": "yes/no", PRETRAIN: "pre
 def backbone(args: argparse.Namespace) -> Any:
     from lightning_tickets.backbones import Uniter
 
-    return Uniter("minilm", img_dim=768, bert_path=args.bert_path)
+    return Uniter(
+        "minilm", img_dim=768, bert_path=args.bert_path,
+        config_overrides={"hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout},
+        sdpa_backend="math",
+    )  # fmt: skip
 
 
 def vqa_model(args: argparse.Namespace) -> L.LightningModule:
@@ -124,10 +129,11 @@ class RoundProbe(L.Callback):
                   + (f" test {row['test']:.4f}" if "test" in row else ""), flush=True)  # fmt: skip
 
 
-def trainer_kwargs(steps: int) -> dict[str, Any]:
+def trainer_kwargs(steps: int, precision: str) -> dict[str, Any]:
     return dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=steps, check_val_every_n_epoch=None,
+        accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=steps,
+        check_val_every_n_epoch=None,
     )  # fmt: skip
 
 
@@ -163,7 +169,8 @@ def run_imp(cell: dict[str, Any], args: argparse.Namespace, cache: Path) -> dict
         monitor=monitor, mode=mode, ticket_dir=str(run_dir / "tickets"), overwrite=True, plot=False, seed=seed,
     )  # fmt: skip
     probe = RoundProbe(cb, test_loader)
-    L.Trainer(max_steps=steps * cb.num_rounds, callbacks=[cb, probe], **trainer_kwargs(steps)).fit(model, dm)
+    kw = trainer_kwargs(steps, args.precision)
+    L.Trainer(max_steps=steps * cb.num_rounds, callbacks=[cb, probe], **kw).fit(model, dm)
     tickets = {}
     for sp in args.sparsities:
         k = next(i for i, s in enumerate(cb.sparsities) if abs(s - sp) < 1e-9)
@@ -183,7 +190,7 @@ def run_finetune(cell: dict[str, Any], args: argparse.Namespace, cache: Path) ->
         ticket=ticket, ticket_mask="random_matched" if cell["kind"] == "rp" else "ticket", monitor=None,
         ticket_dir=str(cache / cell_name(cell)), overwrite=True, plot=False, seed=seed,
     )  # fmt: skip
-    kw = {**trainer_kwargs(args.steps), "limit_val_batches": 0}
+    kw = {**trainer_kwargs(args.steps, args.precision), "limit_val_batches": 0}
     L.Trainer(max_steps=args.steps, callbacks=[cb], **kw).fit(model, dm)
     test = accuracy(model, dm.test_dataloader())
     report = cb.ticket_report
@@ -273,6 +280,8 @@ def report(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         "steps_per_round": args.steps,
         "pretrain_steps_per_round": args.pretrain_steps,
         "batch_size": args.batch_size,
+        "precision": args.precision,
+        "dropout": args.dropout,
         "question_caps": {
             "train": args.max_train_questions,
             "val": args.max_val_questions,
@@ -309,7 +318,8 @@ def _markdown(summary: dict[str, Any], path: Path, png: Path | None) -> None:
         "",
         f"Machine: {summary['machine']}. Seeds {summary['seeds']} (data split seed {summary['data_seed']}); "
         f"{summary['steps_per_round']} steps per round / fine-tune ({summary['pretrain_steps_per_round']} for "
-        f"pre-training) at batch {summary['batch_size']}; IMP schedule {summary['schedule']}; question caps "
+        f"pre-training) at batch {summary['batch_size']}, precision {summary.get('precision')}, dropout "
+        f"{summary.get('dropout')}; IMP schedule {summary['schedule']}; question caps "
         f"{summary['question_caps']}. Cells: {summary['cells']} ({summary['cell_seconds'] / 3600:.2f} h).",
         "",
         "Rows: source ticket (IMP on that task, rewound to θ0); columns: target question type (fixed-ticket "
@@ -380,6 +390,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-steps", type=int, default=300, help="steps per IMP round of the pre-training task")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--dropout", type=float, default=0.0, help="BERT dropout (the demo recipe: 0)")
+    p.add_argument("--precision", default="bf16-mixed", help="Lightning precision (the demo recipe: bf16-mixed)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--max-train-questions", type=int, default=None, help="per task (pre-training: texts)")
     p.add_argument("--max-val-questions", type=int, default=1000)
     p.add_argument("--max-test-questions", type=int, default=None)
@@ -405,18 +418,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    done = 0
-    while not args.report_only:
-        todo = [c for c in cells_for(args, cache) if not (cache / f"{cell_name(c)}.json").exists()]
-        if not todo or (args.max_cells is not None and done >= args.max_cells):
-            break
-        cell = todo[0]  # IMP cells come first: fine-tunes need their tickets
-        print(f"[{time.strftime('%H:%M:%S')}] cell {cell_name(cell)} ({len(todo)} known left)", flush=True)
-        run_cell(cell, args, cache)
-        done += 1
-        report(args, cache)
+    if not args.report_only:  # IMP cells come first: fine-tunes need their tickets
+        for cell in claimed_cells(lambda: cells_for(args, cache), cache, name=cell_name, max_cells=args.max_cells):
+            run_cell(cell, args, cache)
+            report(args, cache)
     summary = report(args, cache)
     print(Path(args.out).with_suffix(".md").read_text())
     return 0 if summary["cells"] else 1

