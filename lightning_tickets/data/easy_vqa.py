@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_tickets.backbones.base import resolve_local_path
 from lightning_tickets.data.collate import VLCollator
+from lightning_tickets.data.datamodules import load_text_tokenizer
 from lightning_tickets.data.pretrain import PretrainDataModule
 
 log = logging.getLogger(__name__)
@@ -280,20 +280,6 @@ def load_region_features(
     return _FEATURES[key]
 
 
-def load_tokenizer(path: str, max_length: int) -> Any:
-    """A local ``tokenizers.Tokenizer`` (from ``tokenizer.json``) truncating to ``max_length``, without padding."""
-    from tokenizers import Tokenizer
-
-    p = resolve_local_path(path, what="tokenizer_path")
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file():
-        raise FileNotFoundError(f"tokenizer_path {path!r}: no tokenizer.json at {file}")
-    tok = Tokenizer.from_file(str(file))
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length)
-    return tok
-
-
 class VQARegionDataset(Dataset):
     """Questions with pre-tokenised text and per-image region features (shared tensors, no copies).
 
@@ -424,7 +410,7 @@ class EasyVQADataModule(L.LightningDataModule):
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_path, self.max_text_len)
+            self._tokenizer = load_text_tokenizer(self.tokenizer_path, self.max_text_len)
         return self._tokenizer
 
     @property
