@@ -45,18 +45,33 @@ LABELS = {"imp": "IMP ticket (rewind to θ0)", "rp": "random pruning", "shuffled
 
 
 @torch.no_grad()
-def test_accuracy(model: L.LightningModule, loader) -> float:
-    """VQA score of the argmax answer over the whole loader (= accuracy for single-answer easy-VQA)."""
+def evaluate(model: L.LightningModule, loader) -> tuple[float, dict[str, float]]:
+    """VQA score of the argmax answer over the whole loader (= accuracy for single-answer easy-VQA), overall and per
+    easy-VQA question type (``color`` / ``shape`` / ``yesno``; the loader must serve the package's test split)."""
+    from lightning_tickets.data.easy_vqa import _easy_vqa, question_type
+
+    texts = _easy_vqa().get_test_questions()[0]
     was_training = model.training
     model.eval()
     total = score = 0.0
+    per: dict[str, list[float]] = {}
     for batch in loader:
+        qids = batch.get("question_id")
         batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         pred = model(batch).argmax(-1)
-        score += float(batch["targets"].gather(1, pred[:, None]).sum())
+        hits = batch["targets"].gather(1, pred[:, None]).squeeze(1).float().cpu()
+        score += float(hits.sum())
         total += len(pred)
+        if qids is not None:
+            for qid, hit in zip(list(qids), hits.tolist(), strict=True):
+                per.setdefault(question_type(texts[int(qid)]), []).append(hit)
     model.train(was_training)
-    return score / max(1.0, total)
+    return score / max(1.0, total), {t: sum(v) / len(v) for t, v in sorted(per.items())}
+
+
+def test_accuracy(model: L.LightningModule, loader) -> float:
+    """VQA score of the argmax answer over the whole loader (= accuracy for single-answer easy-VQA)."""
+    return evaluate(model, loader)[0]
 
 
 class TestAtRoundEnd(L.Callback):
@@ -68,9 +83,12 @@ class TestAtRoundEnd(L.Callback):
     def _check(self, pl_module) -> None:
         while len(self.rows) < len(self.cb.results):
             r = self.cb.results[len(self.rows)]
-            acc = test_accuracy(pl_module, self.loader)
-            self.rows.append({"round": r["round"], "sparsity": r["sparsity"], "val": r["score"], "test": acc})
-            print(f"  round {r['round']}: sparsity {r['sparsity']:.3f} val {r['score']:.4f} test {acc:.4f}", flush=True)
+            acc, by_type = evaluate(pl_module, self.loader)
+            row = {"round": r["round"], "sparsity": r["sparsity"], "val": r["score"], "test": acc}
+            self.rows.append({**row, "test_by_type": by_type})
+            types = " ".join(f"{t} {a:.3f}" for t, a in by_type.items())
+            print(f"  round {r['round']}: sparsity {r['sparsity']:.3f} val {r['score']:.4f} test {acc:.4f} ({types})",
+                  flush=True)  # fmt: skip
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -150,12 +168,14 @@ def run_cell(cell: dict, args, cache: Path) -> dict:
         )
         trainer = L.Trainer(max_steps=steps, callbacks=[cb], **common)
         trainer.fit(model, dm)
+        acc, by_type = evaluate(model, test_loader)
         rows = [
             {
                 "round": cell["round"],
                 "sparsity": cb.results[0]["sparsity"],
                 "val": cb.results[0]["score"],
-                "test": test_accuracy(model, test_loader),
+                "test": acc,
+                "test_by_type": by_type,
             }
         ]
         print(f"  {method} seed {seed} sparsity {rows[0]['sparsity']:.3f}: test {rows[0]['test']:.4f}", flush=True)
