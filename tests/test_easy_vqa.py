@@ -67,6 +67,33 @@ def test_region_features_mask_background():
     assert crop_m[:, 7, 7].abs().sum() < 0.2  # the notch is background: zeroed
 
 
+def test_region_features_mask_channel_keeps_black_shapes():
+    pytest.importorskip("PIL")
+    img = _canvas((250, 240, 230))
+    ys, xs = np.mgrid[0:64, 0:64]
+    triangle = (ys >= 8) & (ys < 40) & (xs >= 16) & (xs - 16 <= (ys - 8))  # right triangle, half of its 32x32 box
+    img[triangle] = (0, 0, 0)
+    rgb, boxes = region_features(img, region_size=16)
+    rgbm, boxes_m = region_features(img, region_size=16, mask_channel=True)
+    assert rgb.shape == (2, 3 * 256) and rgbm.shape == (2, 4 * 256)
+    assert torch.equal(boxes, boxes_m) and torch.equal(rgbm[:, : 3 * 256], rgb)  # RGB part unchanged
+    assert rgb[1].abs().sum() == 0  # a black shape on a zeroed background leaves no trace in the RGB crop...
+    mask = rgbm[1, 3 * 256 :].view(16, 16)
+    assert mask.mean().item() == pytest.approx(triangle.sum() / (32 * 32), abs=0.05)  # ...the mask keeps it (~0.5)
+    assert mask[15, 0] > 0.9 and mask[0, 15] < 0.1  # the triangle's filled and empty corners
+    whole = rgbm[0, 3 * 256 :].view(16, 16)
+    assert whole.mean().item() == pytest.approx(triangle.sum() / 64**2, abs=0.02)
+
+
+def test_datamodule_img_dim_follows_mask_channel():
+    pytest.importorskip("easy_vqa")
+    from lightning_tickets.data import EasyVQADataModule
+
+    assert EasyVQADataModule().img_dim == 768
+    assert EasyVQADataModule(mask_channel=True).img_dim == 1024
+    assert EasyVQADataModule(mask_channel=True, region_size=8).img_dim == 256
+
+
 def test_collate_pads_and_builds_targets():
     x, m = pad_sequence([torch.ones(2, 3), torch.ones(1, 3)])
     assert x.shape == (2, 2, 3) and m.tolist() == [[1, 1], [1, 0]] and x[1, 1].abs().sum() == 0

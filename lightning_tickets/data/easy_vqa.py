@@ -12,7 +12,9 @@ form the foreground; its bounding box is the region. Each image gives two region
 2. the detected box's crop resized to ``region_size x region_size`` with box ``[x1, y1, x2, y2, w, h, w*h]``
    (normalised; the whole image when nothing is detected).
 
-Features are the resized RGB crops flattened channel-first (``img_dim = 3 * region_size**2`` = 768 for 16).
+Features are the resized RGB crops flattened channel-first (``img_dim = 3 * region_size**2`` = 768 for 16); with
+``mask_channel=True`` the detector's foreground mask, resized the same way, is appended as a 4th channel
+(``img_dim = 4 * region_size**2`` = 1024), as a mask-predicting detector would provide it.
 The detector never sees questions or answers. See ``docs/easy_vqa.md`` for why this input was chosen.
 
 Question types (:func:`question_type`, ``EasyVQADataModule(question_types=[...])``): ``"color"`` ("what color is
@@ -49,8 +51,9 @@ log = logging.getLogger(__name__)
 
 #: Decoded images per split directory: ``{split: (image_ids, uint8 array [N, H, W, 3])}`` (decoded once).
 _IMAGES: dict[str, tuple[list[int], np.ndarray]] = {}
-#: Region features per ``(split, region_size, threshold)``: ``(image_ids, feat [N, 2, D], boxes [N, 2, 7])``.
-_FEATURES: dict[tuple[str, int, float, bool], tuple[list[int], torch.Tensor, torch.Tensor]] = {}
+#: Region features per ``(split, region_size, threshold, mask_background, mask_channel)``:
+#: ``(image_ids, feat [N, 2, D], boxes [N, 2, 7])``.
+_FEATURES: dict[tuple[str, int, float, bool, bool], tuple[list[int], torch.Tensor, torch.Tensor]] = {}
 
 WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 
@@ -221,11 +224,16 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def region_features(
-    image: np.ndarray, region_size: int = 16, threshold: float = 0.15, mask_background: bool = True
+    image: np.ndarray,
+    region_size: int = 16,
+    threshold: float = 0.15,
+    mask_background: bool = True,
+    mask_channel: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two region tokens of one ``uint8 [H, W, 3]`` image: whole image + detected foreground.
 
-    Returns ``feat [2, 3 * region_size**2]`` (RGB in ``[0, 1]``, channel-first) and ``boxes [2, 7]``. With
+    Returns ``feat [2, C * region_size**2]`` (RGB in ``[0, 1]``, channel-first; ``C = 3``, or 4 with
+    ``mask_channel``: the foreground mask as a 4th channel in ``[0, 1]``) and ``boxes [2, 7]``. With
     ``mask_background`` the pixels outside the foreground mask are set to 0 before cropping and resizing.
 
     Example:
@@ -234,12 +242,12 @@ def region_features(
         >>> feat.shape, boxes[1].tolist()
         (torch.Size([2, 768]), [0.5, 0.0, 1.0, 0.5, 0.5, 0.5, 0.25])
     """
-    feat, boxes = _region_arrays(image, region_size, threshold, mask_background)
+    feat, boxes = _region_arrays(image, region_size, threshold, mask_background, mask_channel)
     return torch.from_numpy(feat), torch.from_numpy(boxes)
 
 
 def _region_arrays(
-    image: np.ndarray, region_size: int, threshold: float, mask_background: bool
+    image: np.ndarray, region_size: int, threshold: float, mask_background: bool, mask_channel: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     h, w = image.shape[:2]
     fg = foreground_mask(image, threshold)
@@ -248,6 +256,10 @@ def _region_arrays(
     if mask_background and box is not None:
         image = image * fg[..., None].astype(image.dtype)
     crops = (_resize(image, region_size), _resize(np.ascontiguousarray(image[y1:y2, x1:x2]), region_size))
+    if mask_channel:  # the foreground mask, cropped and resized like the pixels, as a 4th channel
+        m = (fg * 255).astype(np.uint8)
+        masks = (_resize(m, region_size), _resize(np.ascontiguousarray(m[y1:y2, x1:x2]), region_size))
+        crops = tuple(np.concatenate([c, k[..., None]], axis=-1) for c, k in zip(crops, masks, strict=True))
     feat = np.stack([c.transpose(2, 0, 1).reshape(-1) for c in crops])
     bw, bh = (x2 - x1) / w, (y2 - y1) / h
     boxes = np.array([WHOLE_IMAGE_BOX, (x1 / w, y1 / h, x2 / w, y2 / h, bw, bh, bw * bh)], dtype=np.float32)
@@ -267,13 +279,17 @@ def load_images(split: str) -> tuple[list[int], np.ndarray]:
 
 
 def load_region_features(
-    split: str, region_size: int = 16, threshold: float = 0.15, mask_background: bool = True
+    split: str,
+    region_size: int = 16,
+    threshold: float = 0.15,
+    mask_background: bool = True,
+    mask_channel: bool = False,
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """Region features of every image of ``split`` (computed once per process): ``(ids, feat, boxes)``."""
-    key = (split, region_size, float(threshold), bool(mask_background))
+    key = (split, region_size, float(threshold), bool(mask_background), bool(mask_channel))
     if key not in _FEATURES:
         ids, images = load_images(split)
-        pairs = [_region_arrays(img, region_size, threshold, mask_background) for img in images]
+        pairs = [_region_arrays(img, region_size, threshold, mask_background, mask_channel) for img in images]
         feat = torch.from_numpy(np.stack([p[0] for p in pairs]))
         boxes = torch.from_numpy(np.stack([p[1] for p in pairs]))
         _FEATURES[key] = (ids, feat, boxes)
@@ -347,6 +363,8 @@ class EasyVQADataModule(L.LightningDataModule):
         detector_threshold: foreground threshold of :func:`foreground_mask`.
         mask_background: zero the pixels outside the detector's foreground mask in both region crops (default;
             measured to make the colour learnable ~3x faster), or keep them (``False``: plain crops).
+        mask_channel: append the foreground mask as a 4th channel of every crop (``img_dim = 4 *
+            region_size**2``): the shape's silhouette even for black shapes on a masked background.
         num_workers: DataLoader workers (features are in memory; 0 is fastest here).
         seed: seed of the validation split and of the subsets.
         question_types: keep only these question types (``"color"``, ``"shape"``, ``"yesno"``); ``None``: all.
@@ -375,6 +393,7 @@ class EasyVQADataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         question_types: Sequence[str] | None = None,
+        mask_channel: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -395,10 +414,11 @@ class EasyVQADataModule(L.LightningDataModule):
         self.region_size = region_size
         self.detector_threshold = detector_threshold
         self.mask_background = mask_background
+        self.mask_channel = bool(mask_channel)
         self.num_workers = num_workers
         self.seed = seed
         self.answers: list[str] = list(_easy_vqa().get_answers())
-        self.img_dim = 3 * region_size * region_size
+        self.img_dim = (4 if mask_channel else 3) * region_size * region_size
         self.datasets: dict[str, VQARegionDataset] = {}
         self._tokenizer: Any = None
 
@@ -426,7 +446,9 @@ class EasyVQADataModule(L.LightningDataModule):
 
     def _build(self, split: str, questions: tuple[list, list, list], keep: np.ndarray) -> VQARegionDataset:
         texts, answers, img_ids = questions
-        ids, feat, boxes = load_region_features(split, self.region_size, self.detector_threshold, self.mask_background)
+        ids, feat, boxes = load_region_features(
+            split, self.region_size, self.detector_threshold, self.mask_background, self.mask_channel
+        )
         row = {image_id: r for r, image_id in enumerate(ids)}
         answer_index = {a: k for k, a in enumerate(self.answers)}
         enc = self.tokenizer.encode_batch([texts[i] for i in keep])
@@ -549,7 +571,8 @@ class EasyVQAPretrainDataModule(PretrainDataModule):
         negatives: ``"contradicting"`` or ``"random"`` (see above).
         question_types: build texts only from these question types (``None``: all 3).
         max_train_texts, max_val_texts, max_test_texts: seeded random caps per split.
-        val_fraction, region_size, detector_threshold, mask_background: as :class:`EasyVQADataModule`.
+        val_fraction, region_size, detector_threshold, mask_background, mask_channel: as
+            :class:`EasyVQADataModule`.
         mlm_prob, mrm_prob, itm_neg_prob, seed, tokenizer_path, max_text_len, batch_size, eval_batch_size,
             num_workers: as :class:`~lightning_tickets.data.pretrain.PretrainDataModule`.
 
@@ -571,6 +594,7 @@ class EasyVQAPretrainDataModule(PretrainDataModule):
         region_size: int = 16,
         detector_threshold: float = 0.15,
         mask_background: bool = True,
+        mask_channel: bool = False,
         mlm_prob: float = 0.15,
         mrm_prob: float = 0.15,
         itm_neg_prob: float = 0.5,
@@ -598,7 +622,7 @@ class EasyVQAPretrainDataModule(PretrainDataModule):
             batch_size=batch_size,
             eval_batch_size=eval_batch_size or max(batch_size, 256),
             num_workers=num_workers,
-            img_dim=3 * region_size * region_size,
+            img_dim=(4 if mask_channel else 3) * region_size * region_size,
             check_images=False,
         )
         self.save_hyperparameters()
@@ -610,6 +634,7 @@ class EasyVQAPretrainDataModule(PretrainDataModule):
         self.region_size = region_size
         self.detector_threshold = detector_threshold
         self.mask_background = mask_background
+        self.mask_channel = bool(mask_channel)
         #: the texts of every built split (same order as the dataset)
         self.texts: dict[str, list[str]] = {}
 
@@ -624,7 +649,7 @@ class EasyVQAPretrainDataModule(PretrainDataModule):
     def regions(self, image_split: str) -> EasyVQARegions:
         """Region features of the package's ``"train"`` or ``"test"`` images (computed once per process)."""
         ids, feat, boxes = load_region_features(
-            image_split, self.region_size, self.detector_threshold, self.mask_background
+            image_split, self.region_size, self.detector_threshold, self.mask_background, self.mask_channel
         )
         return EasyVQARegions(ids, feat, boxes)
 
