@@ -62,11 +62,13 @@ def claimed_cells(
     name: Callable[[dict[str, Any]], str],
     max_cells: int | None = None,
     poll_s: float = 30.0,
+    wait: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Yield unfinished cells this process has claimed, in ``todo()`` order, releasing each after its turn.
 
     ``todo()`` is re-evaluated after every cell (finished cells can unlock new ones, e.g. controls that need an IMP
-    ticket). When every unfinished cell is held by another process, wait ``poll_s`` seconds and look again; stop when
+    ticket). When every unfinished cell is held by another process, wait ``poll_s`` seconds and look again (or, with
+    ``wait=False``, stop: e.g. to move on to another grid when the cells left cannot unlock new ones); stop when
     nothing is left or after ``max_cells`` cells.
     """
     done = 0
@@ -76,6 +78,9 @@ def claimed_cells(
             return
         cell = next((c for c in cells if try_claim(cache, name(c))), None)
         if cell is None:
+            if not wait:
+                print(f"[{time.strftime('%H:%M:%S')}] {len(cells)} cells left, all running elsewhere: stopping")
+                return
             print(f"[{time.strftime('%H:%M:%S')}] {len(cells)} cells left, all running elsewhere: waiting", flush=True)
             time.sleep(poll_s)
             continue

@@ -394,6 +394,9 @@ def main() -> int:
         help="train the RP / θ″ controls only at these IMP rounds (default: every pruned round)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--no-wait", action="store_true", help="stop when every cell left is running in another process (default: wait)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -406,7 +409,9 @@ def main() -> int:
         return sorted(cells, key=lambda c: (c["method"] != "imp", c["seed"], c.get("round", 0), c["method"]))
 
     if not args.report_only:
-        for cell in claimed_cells(todo, cache, name=lambda c: c["name"], max_cells=args.max_cells):
+        for cell in claimed_cells(
+            todo, cache, name=lambda c: c["name"], max_cells=args.max_cells, wait=not args.no_wait
+        ):
             run_cell(cell, args, cache)
             report(args, cache)
     summary = report(args, cache)

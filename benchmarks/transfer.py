@@ -393,6 +393,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0, help="BERT dropout (the demo recipe: 0)")
     p.add_argument("--precision", default="bf16-mixed", help="Lightning precision (the demo recipe: bf16-mixed)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--no-wait", action="store_true", help="stop when every cell left is running in another process (default: wait)"
+    )
     p.add_argument("--max-train-questions", type=int, default=None, help="per task (pre-training: texts)")
     p.add_argument("--max-val-questions", type=int, default=1000)
     p.add_argument("--max-test-questions", type=int, default=None)
@@ -423,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     if not args.report_only:  # IMP cells come first: fine-tunes need their tickets
-        for cell in claimed_cells(lambda: cells_for(args, cache), cache, name=cell_name, max_cells=args.max_cells):
+        for cell in claimed_cells(
+            lambda: cells_for(args, cache), cache, name=cell_name, max_cells=args.max_cells, wait=not args.no_wait
+        ):
             run_cell(cell, args, cache)
             report(args, cache)
     summary = report(args, cache)

@@ -96,3 +96,10 @@ def test_two_processes_run_every_cell_exactly_once(tmp_path):
     assert sorted(runs) == sorted([f"base{i}" for i in range(3)] + [f"ctl{i}" for i in range(3)])
     assert len({json.loads((cache / f"{n}.json").read_text())["pid"] for n in runs}) == 2  # both did work
     assert not list(cache.glob("*.lock"))
+
+
+def test_no_wait_stops_when_everything_left_runs_elsewhere(grid, tmp_path):
+    (tmp_path / "held.lock").write_text("1")
+    cells = [{"name": "held"}]
+    assert list(grid.claimed_cells(lambda: cells, tmp_path, name=lambda c: c["name"], wait=False)) == []
+    assert (tmp_path / "held.lock").read_text() == "1"
