@@ -25,7 +25,7 @@ def test_plain_python_example(tmp_path):
         [sys.executable, str(PLAIN), "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a hang guard: a loaded 2-core machine took > 120 s
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
