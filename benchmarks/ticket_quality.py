@@ -23,6 +23,7 @@ the report from the cache. Several processes can share one cache (each claims a 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -44,13 +45,19 @@ LABELS_SHORT = {"imp": "IMP", "rp": "RP", "shuffled": "θ″"}
 LABELS = {"imp": "IMP ticket (rewind to θ0)", "rp": "random pruning", "shuffled": "IMP mask on shuffled θ (θ″)"}
 
 
+@functools.cache
+def _test_question_types() -> tuple[str, ...]:
+    """The question type of every easy-VQA test question, by question index (read once per process)."""
+    from lightning_tickets.data.easy_vqa import _easy_vqa, question_type
+
+    return tuple(question_type(t) for t in _easy_vqa().get_test_questions()[0])
+
+
 @torch.no_grad()
 def evaluate(model: L.LightningModule, loader) -> tuple[float, dict[str, float]]:
     """VQA score of the argmax answer over the whole loader (= accuracy for single-answer easy-VQA), overall and per
     easy-VQA question type (``color`` / ``shape`` / ``yesno``; the loader must serve the package's test split)."""
-    from lightning_tickets.data.easy_vqa import _easy_vqa, question_type
-
-    texts = _easy_vqa().get_test_questions()[0]
+    types = _test_question_types()
     was_training = model.training
     model.eval()
     total = score = 0.0
@@ -64,7 +71,7 @@ def evaluate(model: L.LightningModule, loader) -> tuple[float, dict[str, float]]
         total += len(pred)
         if qids is not None:
             for qid, hit in zip(list(qids), hits.tolist(), strict=True):
-                per.setdefault(question_type(texts[int(qid)]), []).append(hit)
+                per.setdefault(types[int(qid)], []).append(hit)
     model.train(was_training)
     return score / max(1.0, total), {t: sum(v) / len(v) for t, v in sorted(per.items())}
 

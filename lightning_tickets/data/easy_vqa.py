@@ -223,6 +223,11 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
+def _feature_dim(region_size: int, mask_channel: bool) -> int:
+    """Length of one region feature: RGB (+ mask) channels x ``region_size**2``."""
+    return (4 if mask_channel else 3) * region_size * region_size
+
+
 def region_features(
     image: np.ndarray,
     region_size: int = 16,
@@ -418,7 +423,7 @@ class EasyVQADataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.answers: list[str] = list(_easy_vqa().get_answers())
-        self.img_dim = (4 if mask_channel else 3) * region_size * region_size
+        self.img_dim = _feature_dim(region_size, mask_channel)
         self.datasets: dict[str, VQARegionDataset] = {}
         self._tokenizer: Any = None
 
@@ -622,7 +627,7 @@ class EasyVQAPretrainDataModule(PretrainDataModule):
             batch_size=batch_size,
             eval_batch_size=eval_batch_size or max(batch_size, 256),
             num_workers=num_workers,
-            img_dim=(4 if mask_channel else 3) * region_size * region_size,
+            img_dim=_feature_dim(region_size, mask_channel),
             check_images=False,
         )
         self.save_hyperparameters()
