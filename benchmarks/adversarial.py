@@ -39,7 +39,9 @@ from typing import Any
 import lightning as L
 import torch
 from common import StepTimes
-from ticket_quality import TestAtRoundEnd
+from grid import claimed_cells
+from ticket_quality import TestAtRoundEnd, per_seed_table
+from ticket_quality import build as build_seeded
 
 from lightning_tickets import LotteryTicketCallback
 from lightning_tickets.adversarial import AdversarialConfig
@@ -57,10 +59,8 @@ def adversarial_config(args: argparse.Namespace) -> AdversarialConfig:
 
 
 def build(args: argparse.Namespace, method: str, seed: int) -> tuple[Any, Any, dict, Any]:
-    """Model + datamodule from the yaml (seeded), with the method's ``adversarial`` argument set through the CLI."""
-    from lightning.pytorch.cli import LightningCLI
-
-    L.seed_everything(seed, workers=True)
+    """Model + datamodule from the yaml, seeded with ``seed`` (as the easy-VQA grid's IMP runs), with the method's
+    ``adversarial`` argument set through the CLI."""
     extra = []
     if method == "adversarial":
         cfg = adversarial_config(args)
@@ -69,18 +69,7 @@ def build(args: argparse.Namespace, method: str, seed: int) -> tuple[Any, Any, d
         extra.append(f"--data.init_args.batch_size={args.batch_size}")
     if args.max_test_questions is not None:
         extra.append(f"--data.init_args.max_test_questions={args.max_test_questions}")
-    cli = LightningCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=["--config", args.config, *extra],
-        save_config_callback=None,
-        trainer_defaults={"callbacks": []},
-    )
-    cb_args = next(c for c in cli.config.trainer.callbacks if "LotteryTicketCallback" in c.class_path).init_args
-    return cli.model, cli.datamodule, dict(cb_args), cli
+    return build_seeded(args.config, seed, extra)
 
 
 def run_cell(cell: dict, args: argparse.Namespace, cache: Path) -> dict:
@@ -97,7 +86,7 @@ def run_cell(cell: dict, args: argparse.Namespace, cache: Path) -> dict:
     cb = LotteryTicketCallback(**cb_args)
     probe = TestAtRoundEnd(cb, dm.test_dataloader())
     total = steps * cb.num_rounds
-    timer = StepTimes(warmup=min(3, max(0, total - 2)))
+    timer = StepTimes(warmup=min(3, max(0, total - 2)), name=cell["name"], total=total, progress_every=100)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -123,6 +112,8 @@ def run_cell(cell: dict, args: argparse.Namespace, cache: Path) -> dict:
         "batch_size": dm.batch_size if hasattr(dm, "batch_size") else None,
         "step_seconds_median": statistics.median(timer.times) if timer.times else None,
         "step_seconds_mean": statistics.fmean(timer.times) if timer.times else None,
+        "threads": torch.get_num_threads(),
+        "command": _command(args),
         "adversarial": adversarial_config(args).__dict__ if method == "adversarial" else None,
     }
     (cache / f"{cell['name']}.json").write_text(json.dumps(result, indent=2, default=list))
@@ -138,21 +129,49 @@ def _mean_std(xs: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces the grid (the options that shape the runs)."""
+    parts = [f"python benchmarks/adversarial.py --config {args.config} --seeds {' '.join(map(str, args.seeds))}"]
+    if list(args.methods) != list(METHODS):
+        parts.append(f"--methods {' '.join(args.methods)}")
+    for flag in ("adv_steps", "epsilon_text", "epsilon_image", "norm", "kl_weight", "steps_per_round",
+                 "target_sparsity", "batch_size", "max_test_questions", "threads"):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            parts.append(f"--{flag.replace('_', '-')} {value}")
+    return " ".join(parts)
+
+
 def report(args: argparse.Namespace, cache: Path, verbose: bool = True) -> dict:
+    """Summarise the finished runs in ``cache`` into ``<out>.json`` and ``<out>.md``; ``{}`` when none has finished."""
     results = [json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))]
     results = [r for r in results if r.get("method") in METHODS]
     if not results:
         print("no finished run yet")
         return {}
     by: dict[str, dict[float, list[float]]] = {m: {} for m in METHODS}
+    by_type: dict[str, dict[float, dict[str, list[float]]]] = {m: {} for m in METHODS}
+    per_seed: dict[str, dict[str, dict[str, float]]] = {}
     step_times: dict[str, list[float]] = {m: [] for m in METHODS}
     for r in results:
+        m = r["method"]
         for row in r["rows"]:
-            by[r["method"]].setdefault(round(row["sparsity"], 4), []).append(row["test"])
+            s = round(row["sparsity"], 4)
+            by[m].setdefault(s, []).append(row["test"])
+            for t, acc in row.get("test_by_type", {}).items():
+                by_type[m].setdefault(s, {}).setdefault(t, []).append(acc)
+            per_seed.setdefault(str(r["seed"]), {}).setdefault(m, {})[str(s)] = row["test"]
         if r.get("step_seconds_median"):
-            step_times[r["method"]].append(r["step_seconds_median"])
+            step_times[m].append(r["step_seconds_median"])
     sparsities = sorted({s for m in METHODS for s in by[m]})
-    table = [{"sparsity": s, **{m: _mean_std(by[m][s]) for m in METHODS if by[m].get(s)}} for s in sparsities]
+    table = []
+    for s in sparsities:
+        row: dict[str, Any] = {"sparsity": s}
+        for m in METHODS:
+            if by[m].get(s):
+                row[m] = _mean_std(by[m][s])
+                row[m]["by_type"] = {t: statistics.fmean(v) for t, v in sorted(by_type[m].get(s, {}).items())}
+        table.append(row)
     winners = {}
     for m in METHODS:
         dense = by[m].get(0.0)
@@ -164,7 +183,14 @@ def report(args: argparse.Namespace, cache: Path, verbose: bool = True) -> dict:
         winners[m] = max(ok) if ok else None
     timing = {m: statistics.median(step_times[m]) if step_times[m] else None for m in METHODS}
     ratio = timing["adversarial"] / timing["standard"] if all(timing.values()) else None
-    adv = next((r["adversarial"] for r in results if r.get("adversarial")), None)
+    settings = {json.dumps(r["adversarial"], sort_keys=True) for r in results if r.get("adversarial")}
+    rounds = {r["steps_per_round"] for r in results}
+    if len(settings) > 1 or len(rounds) > 1:
+        raise SystemExit(
+            f"{cache} mixes runs with different settings (adversarial {sorted(settings)}, steps per round "
+            f"{sorted(rounds)}): give each setting its own --cache and --out"
+        )
+    adv = json.loads(settings.pop()) if settings else None
     summary = {
         "table": table,
         "relaxed_winning_sparsity": winners,
@@ -173,9 +199,13 @@ def report(args: argparse.Namespace, cache: Path, verbose: bool = True) -> dict:
         "adversarial": adv,
         "seeds": sorted({r["seed"] for r in results}),
         "runs": [r["name"] for r in results],
-        "steps_per_round": sorted({r["steps_per_round"] for r in results}),
+        "per_seed": {k: per_seed[k] for k in sorted(per_seed, key=int)},
+        "steps_per_round": sorted(rounds),
+        "threads_per_process": sorted({r["threads"] for r in results if r.get("threads")}),
+        "cpu_minutes": round(sum(r["seconds"] * r.get("threads", 1) for r in results) / 60, 1),
         "config": args.config,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "commands": sorted({r.get("command", "(not recorded)") for r in results}),
+        "machine": f"{platform.machine()}, torch {torch.__version__}",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,9 +225,14 @@ def _markdown(summary: dict, path: Path) -> None:
     lines = [
         "# Adversarial vs standard lottery tickets on easy-VQA (CPU)",
         "",
-        "Generated by `benchmarks/adversarial.py` — do not edit by hand. Recipe: "
-        f"`{summary['config']}`, steps per round {summary['steps_per_round']}, seeds {summary['seeds']}. "
-        f"Machine: {summary['machine']}. Adversarial settings: `{json.dumps(summary['adversarial'])}`.",
+        "Generated by `benchmarks/adversarial.py` — do not edit by hand. The runs were made by:",
+        "",
+        *(f"    {c}" for c in summary["commands"]),
+        "",
+        f"Recipe: `{summary['config']}`, steps per round {summary['steps_per_round']}, seeds {summary['seeds']}. "
+        f"Machine: {summary['machine']}, torch threads per process {summary['threads_per_process']}, "
+        f"{summary['cpu_minutes']} thread-minutes in all. "
+        f"Adversarial settings: `{json.dumps(summary['adversarial'])}`.",
         "",
         "Test accuracy (VQA score on the package's test split), mean ± std over seeds, in %. Both methods prune to "
         "the same sparsities (IMP, rewind to θ0, same steps per round).",
@@ -210,22 +245,46 @@ def _markdown(summary: dict, path: Path) -> None:
         diff = f"{100 * (a['mean'] - s['mean']):+.1f}" if s and a else "—"
         lines.append(f"| {100 * row['sparsity']:.1f}% | {_fmt(s)} | {_fmt(a)} | {diff} |")
     w = summary["relaxed_winning_sparsity"]
+    top = max(r["sparsity"] for r in summary["table"])
     lines += [
         "",
         "Relaxed winning ticket (sparsest round whose mean is ≥ 99 % of the same method's dense mean): "
         + ", ".join(f"{m} **{'none' if w[m] is None else f'{100 * w[m]:.1f}%'}**" for m in METHODS)
-        + ".",
+        + f" (the sparsest round of the schedule is {100 * top:.1f}%).",
         "",
         "Cost: median time per training step (forward, backward, optimizer, callbacks; median over the runs of "
         "each method's per-run medians): "
         + ", ".join(f"{m} {t[m]:.3f} s" if t[m] else f"{m} —" for m in METHODS)
         + (f"; **adversarial / standard = {ratio:.2f}×**." if ratio else "."),
         "",
+        "Per seed (test accuracy in %, standard / adversarial):",
+        "",
+        *per_seed_table(
+            summary,
+            lambda methods, key: " / ".join(
+                f"{100 * methods[m][key]:.1f}" if key in methods.get(m, {}) else "—" for m in METHODS
+            ),
+        ),
     ]
+    types = sorted({q for r in summary["table"] for m in METHODS if m in r for q in r[m]["by_type"]})
+    if types:
+        lines += [
+            "",
+            "Per question type (test accuracy in %, mean over seeds):",
+            "",
+            "| sparsity | method | " + " | ".join(types) + " |",
+            "|---:|---|" + "---:|" * len(types),
+        ]
+        for r in summary["table"]:
+            for m in METHODS:
+                if m in r:
+                    accs = " | ".join(f"{100 * r[m]['by_type'][q]:.1f}" if q in r[m]["by_type"] else "—" for q in types)
+                    lines.append(f"| {100 * r['sparsity']:.1f}% | {m} | {accs} |")
+    lines.append("")
     path.write_text("\n".join(lines))
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="examples/easy_vqa/imp.yaml")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -242,25 +301,24 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe")
     p.add_argument("--max-test-questions", type=int, default=None, help="override the recipe")
     p.add_argument("--max-cells", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--report-only", action="store_true")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    done = 0
-    while not args.report_only:
-        todo = [
-            {"name": f"{m}-seed{s}", "method": m, "seed": s}
-            for s in args.seeds
-            for m in args.methods
-            if not (cache / f"{m}-seed{s}.json").exists()
-        ]
-        if not todo or (args.max_cells is not None and done >= args.max_cells):
-            break
-        cell = todo[0]
-        print(f"[{time.strftime('%H:%M:%S')}] {cell['name']} ({len(todo)} left)", flush=True)
-        run_cell(cell, args, cache)
-        done += 1
-        report(args, cache, verbose=False)
+    if not args.report_only:
+        # seed by seed, in --methods order; several processes may share the grid (one lock file per run)
+        todo = lambda: [{"name": f"{m}-seed{s}", "method": m, "seed": s} for s in args.seeds for m in args.methods]  # noqa: E731
+        for cell in claimed_cells(todo, cache, name=lambda c: c["name"], max_cells=args.max_cells):
+            print(f"[{time.strftime('%H:%M:%S')}] {cell['name']}", flush=True)
+            run_cell(cell, args, cache)
+            report(args, cache, verbose=False)
     return 0 if report(args, cache) else 1
 
 

@@ -111,10 +111,13 @@ class StepTimes:
     ``on_train_batch_end`` hook, so it covers forward, backward, optimizer step and every other callback's batch hooks
     (e.g. applying masks). The first ``warmup`` steps of the fit are discarded (allocator warm-up, lazily created
     optimizer state). With ``lockstep``, the fit takes part in a :class:`Lockstep` round robin as ``name`` and must
-    run exactly ``total`` steps.
+    run exactly ``total`` steps. With ``progress_every=N`` it prints every N steps how far the fit is, the median
+    step time so far and the time left (``total`` must then be the fit's number of steps).
     """
 
-    def __init__(self, warmup: int, lockstep: Lockstep | None = None, name: str = "", total: int = 0) -> None:
+    def __init__(
+        self, warmup: int, lockstep: Lockstep | None = None, name: str = "", total: int = 0, progress_every: int = 0
+    ) -> None:
         self.warmup = warmup
         self.times: list[float] = []
         self._t0 = 0.0
@@ -137,6 +140,10 @@ class StepTimes:
                 timer._seen += 1
                 if timer._seen > timer.warmup:
                     timer.times.append(dt)
+                if progress_every and timer._seen % progress_every == 0 and timer.times:
+                    med = statistics.median(timer.times)
+                    left = (total - timer._seen) * med / 60
+                    print(f"  [{name}] step {timer._seen}/{total}, {med:.3f} s/step, ~{left:.0f} min left", flush=True)
                 if lockstep is not None:
                     lockstep.release(name)
                     if timer._seen == total:

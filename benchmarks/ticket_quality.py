@@ -29,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,10 @@ class TestAtRoundEnd(L.Callback):
         self._check(pl_module)
 
 
-def load_config(path: str, seed: int | None = None) -> Any:
+def load_config(path: str, seed: int | None = None, overrides: Sequence[str] = ()) -> Any:
     """Parse the yaml with ``LightningCLI`` (classes instantiated, nothing run); ``seed`` overrides its
-    ``seed_everything``, which LightningCLI applies before building the model."""
+    ``seed_everything``, which LightningCLI applies before building the model; ``overrides`` are further
+    command-line arguments (e.g. ``"--data.init_args.batch_size=32"``)."""
     from lightning.pytorch.cli import LightningCLI
 
     cli = LightningCLI(
@@ -116,17 +118,18 @@ def load_config(path: str, seed: int | None = None) -> Any:
         subclass_mode_model=True,
         subclass_mode_data=True,
         run=False,
-        args=["--config", path] + ([] if seed is None else ["--seed_everything", str(seed)]),
+        args=["--config", path, *([] if seed is None else ["--seed_everything", str(seed)]), *overrides],
         save_config_callback=None,
         trainer_defaults={"callbacks": []},
     )
     return cli
 
 
-def build(config: str, seed: int):
-    """Fresh model + datamodule from the yaml, seeded; returns (model, datamodule, callback init args, cli)."""
+def build(config: str, seed: int, overrides: Sequence[str] = ()):
+    """Fresh model + datamodule from the yaml, seeded (``overrides``: see :func:`load_config`); returns
+    (model, datamodule, callback init args, cli)."""
     L.seed_everything(seed, workers=True)
-    cli = load_config(config, seed)
+    cli = load_config(config, seed, overrides)
     if cli.config.seed_everything != seed:
         raise RuntimeError(f"the run was seeded with {cli.config.seed_everything}, not {seed}")
     cb_args = next(c for c in cli.config.trainer.callbacks if "LotteryTicketCallback" in c.class_path).init_args
@@ -277,6 +280,19 @@ def _fmt(cell: dict | None) -> str:
     return f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f} (n={cell['n']})"
 
 
+def per_seed_table(summary: dict, cell: Callable[[dict[str, dict[str, float]], str], str]) -> list[str]:
+    """Markdown rows of a seed x sparsity table: ``cell(methods, key)`` writes one seed's cell from its
+    ``summary["per_seed"][seed]`` (method -> sparsity key -> test accuracy) and the sparsity key (``"0.334"``)."""
+    table = summary["table"]
+    lines = [
+        "| seed | " + " | ".join(f"{100 * r['sparsity']:.1f}%" for r in table) + " |",
+        "|---:|" + "---:|" * len(table),
+    ]
+    for seed, methods in summary["per_seed"].items():
+        lines.append(f"| {seed} | " + " | ".join(cell(methods, str(round(r["sparsity"], 4))) for r in table) + " |")
+    return lines
+
+
 def _markdown(summary: dict, path: Path, args) -> None:
     d = summary["dense"]
     lines = [
@@ -318,16 +334,16 @@ def _markdown(summary: dict, path: Path, args) -> None:
         "",
         "Per seed (test accuracy in %, IMP at every round / controls where run):",
         "",
-        "| seed | " + " | ".join(f"{100 * r['sparsity']:.1f}%" for r in summary["table"]) + " |",
-        "|---:|" + "---:|" * len(summary["table"]),
+        *per_seed_table(
+            summary,
+            lambda methods, key: (
+                ", ".join(
+                    f"{LABELS_SHORT[m]} {100 * methods[m][key]:.1f}" for m in METHODS if key in methods.get(m, {})
+                )
+                or "—"
+            ),
+        ),
     ]
-    for seed, methods in summary["per_seed"].items():
-        cells = []
-        for r in summary["table"]:
-            key = str(round(r["sparsity"], 4))
-            parts = [f"{LABELS_SHORT[m]} {100 * methods[m][key]:.1f}" for m in METHODS if key in methods.get(m, {})]
-            cells.append(", ".join(parts) or "—")
-        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "![score vs sparsity](easy_vqa.png)",
