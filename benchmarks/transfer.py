@@ -225,7 +225,13 @@ def cells_for(args: argparse.Namespace, cache: Path) -> list[dict[str, Any]]:
 def run_cell(cell: dict[str, Any], args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     t0 = time.time()
     out = run_imp(cell, args, cache) if cell["kind"] == "imp" else run_finetune(cell, args, cache)
-    result = {**cell, "name": cell_name(cell), **out, "seconds": round(time.time() - t0, 1)}
+    result = {
+        **cell,
+        "name": cell_name(cell),
+        **out,
+        "seconds": round(time.time() - t0, 1),
+        "threads": torch.get_num_threads(),
+    }
     (cache / f"{cell_name(cell)}.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -293,7 +299,9 @@ def report(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         "cells": len(results),
         "cell_seconds": round(sum(r.get("seconds", 0.0) for r in results), 1),
         "command": " ".join(["python", "benchmarks/transfer.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, torch {torch.__version__}",
+        # of the runs (not of the process writing the report); cells from before this was recorded count as unknown
+        "threads_per_process": sorted({r.get("threads", "unknown") for r in results}, key=str),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +324,8 @@ def _markdown(summary: dict[str, Any], path: Path, png: Path | None) -> None:
         "",
         f"    {summary['command']}",
         "",
-        f"Machine: {summary['machine']}. Seeds {summary['seeds']} (data split seed {summary['data_seed']}); "
+        f"Machine: {summary['machine']}, torch threads per run {summary['threads_per_process']}. "
+        f"Seeds {summary['seeds']} (data split seed {summary['data_seed']}); "
         f"{summary['steps_per_round']} steps per round / fine-tune ({summary['pretrain_steps_per_round']} for "
         f"pre-training) at batch {summary['batch_size']}, precision {summary.get('precision')}, dropout "
         f"{summary.get('dropout')}; IMP schedule {summary['schedule']}; question caps "

@@ -50,7 +50,9 @@ def test_grid_resumes_and_report_is_relative_to_the_own_ticket(bench, tmp_path):
     for (src, tgt), test in scores.items():
         cell = {"kind": "ft", "source": src, "target": tgt, "sparsity": 0.5, "seed": 0}
         _write(tmp_path, bench, cell, test=test, seconds=2.0)
-    _write(tmp_path, bench, {"kind": "rp", "target": "color", "sparsity": 0.5, "seed": 0}, test=0.2, seconds=2.0)
+    _write(
+        tmp_path, bench, {"kind": "rp", "target": "color", "sparsity": 0.5, "seed": 0}, test=0.2, seconds=2.0, threads=1
+    )
     summary = bench.report(args, tmp_path)
     rel = summary["matrices"]["0.5"]["relative"]
     assert rel["color"] == {"color": 1.0, "shape": 0.5}
@@ -61,5 +63,6 @@ def test_grid_resumes_and_report_is_relative_to_the_own_ticket(bench, tmp_path):
     text = out.with_suffix(".md").read_text()
     assert "| colour | 1.000 (80.0 ± 0.0) | 0.500 (50.0 ± 0.0) |" in text
     assert json.loads(out.with_suffix(".json").read_text())["cells"] == 10
+    assert "torch threads per run [1, 'unknown']" in text  # one cell records its threads, the others none
     if importlib.util.find_spec("matplotlib") is not None:
         assert out.with_suffix(".png").stat().st_size > 0 and "![transfer matrix](transfer.png)" in text
