@@ -75,6 +75,13 @@ def test_empty_cache_reports_nothing(bench, tmp_path, capsys):
     assert "no finished run yet" in capsys.readouterr().out
 
 
+def test_grid_runs_the_long_adversarial_runs_first(bench):
+    names = [c["name"] for c in bench.grid_cells(bench.parse_args(["--seeds", "0", "1"]))]
+    assert names == ["adversarial-seed0", "adversarial-seed1", "standard-seed0", "standard-seed1"]
+    args = bench.parse_args(["--seeds", "2", "--methods", "standard"])
+    assert bench.grid_cells(args) == [{"name": "standard-seed2", "method": "standard", "seed": 2}]
+
+
 def test_command_names_the_options_that_shape_the_runs(bench):
     args = bench.parse_args(["--seeds", "1", "--methods", "adversarial", "--adv-steps", "1", "--threads", "1"])
     cmd = bench._command(args)
@@ -91,7 +98,7 @@ def test_build_seeds_each_run_and_sets_the_method(bench):
     m1, _, _, cli1 = bench.build(args, "adversarial", 1)
     assert (cli0.config.seed_everything, cli1.config.seed_everything) == (0, 1)
     assert m0.adversarial is None
-    assert m1.adversarial.steps == 1 and m1.adversarial.epsilon == {"text": 0.25, "image": 2.0}
+    assert m1.adversarial.steps == 1 and m1.adversarial.epsilon == {"text": 0.25, "image": 0.5}
     assert m1.adversarial.modalities == ("text", "image") and m1.adversarial.kl_weight == 1.0
     assert dm.max_test_questions == 32 and cb_args["target_sparsity"] == 0.7
     head0, head1 = (dict(m.named_parameters()) for m in (m0, m1))
