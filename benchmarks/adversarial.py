@@ -29,6 +29,7 @@ Smoke run (a few steps per round, nothing written to docs/)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -150,6 +151,14 @@ def report(args: argparse.Namespace, cache: Path, verbose: bool = True) -> dict:
     if not results:
         print("no finished run yet")
         return {}
+    settings = {json.dumps(r["adversarial"], sort_keys=True) for r in results if r.get("adversarial")}
+    rounds = {r["steps_per_round"] for r in results}
+    if len(settings) > 1 or len(rounds) > 1:
+        raise SystemExit(
+            f"{cache} mixes runs with different settings (adversarial {sorted(settings)}, steps per round "
+            f"{sorted(rounds)}): give each setting its own --cache and --out"
+        )
+    adv = json.loads(settings.pop()) if settings else None
     by: dict[str, dict[float, list[float]]] = {m: {} for m in METHODS}
     by_type: dict[str, dict[float, dict[str, list[float]]]] = {m: {} for m in METHODS}
     per_seed: dict[str, dict[str, dict[str, float]]] = {}
@@ -184,14 +193,6 @@ def report(args: argparse.Namespace, cache: Path, verbose: bool = True) -> dict:
         winners[m] = max(ok) if ok else None
     timing = {m: statistics.median(step_times[m]) if step_times[m] else None for m in METHODS}
     ratio = timing["adversarial"] / timing["standard"] if all(timing.values()) else None
-    settings = {json.dumps(r["adversarial"], sort_keys=True) for r in results if r.get("adversarial")}
-    rounds = {r["steps_per_round"] for r in results}
-    if len(settings) > 1 or len(rounds) > 1:
-        raise SystemExit(
-            f"{cache} mixes runs with different settings (adversarial {sorted(settings)}, steps per round "
-            f"{sorted(rounds)}): give each setting its own --cache and --out"
-        )
-    adv = json.loads(settings.pop()) if settings else None
     summary = {
         "table": table,
         "relaxed_winning_sparsity": winners,
@@ -326,8 +327,9 @@ def main() -> int:
     cache.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         # several processes may share the grid (one lock file per run)
-        todo = lambda: grid_cells(args)  # noqa: E731
-        for cell in claimed_cells(todo, cache, name=lambda c: c["name"], max_cells=args.max_cells):
+        for cell in claimed_cells(
+            functools.partial(grid_cells, args), cache, name=lambda c: c["name"], max_cells=args.max_cells
+        ):
             print(f"[{time.strftime('%H:%M:%S')}] {cell['name']}", flush=True)
             run_cell(cell, args, cache)
             report(args, cache, verbose=False)
