@@ -63,14 +63,11 @@ def schedule_length(trainer: Any) -> int | None:
     """
     if trainer is None:
         return None
-    try:
-        from lightning_tickets.callback import steps_per_round
-    except ImportError:
-        steps_per_round = None
-    if steps_per_round is not None:
-        n = steps_per_round(trainer)
-        if n is not None:
-            return int(n)
+    from lightning_tickets.schedule import round_length
+
+    n = round_length(trainer)
+    if n is not None:
+        return int(n)
     try:
         n = trainer.estimated_stepping_batches
     except Exception:  # noqa: BLE001 - e.g. no dataloader attached yet
