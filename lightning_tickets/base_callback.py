@@ -200,9 +200,9 @@ class TicketCallbackBase(Callback):
         if changed:
             what = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changed.items())
             raise ValueError(
-                f"the checkpoint was written by a {type(self).__name__} configured as it is not now ({what}). A resumed run "
-                "must keep them (its summary would mix rounds of different settings): resume with the same settings "
-                "(the checkpoint's values), or start a new run"
+                f"the checkpoint was written by a {type(self).__name__} configured as it is not now ({what}). A "
+                "resumed run must keep them (its summary would mix rounds of different settings): resume with the "
+                "same settings (the checkpoint's values), or start a new run"
             )
         self._loaded = state_dict
 
