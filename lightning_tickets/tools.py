@@ -29,7 +29,7 @@ from lightning_tickets.report import plot_summary
 from lightning_tickets.ticket import Ticket, TicketError
 
 
-class ToolError(ValueError):
+class _ToolError(ValueError):
     """A bad input to a ``ticket`` command that is not a ticket (e.g. a corrupt ``summary.json``)."""
 
 
@@ -168,12 +168,12 @@ def _is_row(row: object) -> bool:
 
 
 def _read_summary(path: str) -> dict:
-    """A ``summary.json`` as a dict with a ``rounds`` list, or a one-line :class:`ToolError`."""
-    check_regular_file(path, "summary file", ToolError)
+    """A ``summary.json`` as a dict with a ``rounds`` list, or a one-line :class:`_ToolError`."""
+    check_regular_file(path, "summary file", _ToolError)
     try:
         data = json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ToolError(f"summary file {path!r} is not valid JSON ({e}); pass a summary.json written by a run") from e
+        raise _ToolError(f"summary file {path!r} is not valid JSON ({e}); pass a summary.json written by a run") from e
     rows = data.get("rounds") if isinstance(data, dict) else None
     best = data.get("best_relaxed_ticket") if isinstance(data, dict) else None
     if (
@@ -182,7 +182,7 @@ def _read_summary(path: str) -> dict:
         or not (best is None or _is_row(best))
         or not isinstance(data.get("dense_score"), (int, float, type(None)))
     ):
-        raise ToolError(
+        raise _ToolError(
             f"summary file {path!r} has no 'rounds' list of {{'sparsity', 'score', ...}} rows; pass a summary.json "
             "written by a run"
         )
@@ -238,6 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.fn(args))
-    except (TicketError, CheckpointError, ToolError, FileNotFoundError) as err:
+    except (TicketError, CheckpointError, _ToolError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
