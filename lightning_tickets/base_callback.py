@@ -164,6 +164,15 @@ class TicketCallbackBase(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self.state.last_val_step = trainer.global_step
+            self.state.last_val_score = self._read_score(trainer, required=False)
+
+    def _round_score(self, trainer: pl.Trainer) -> float | None:
+        """The score of the round ending now: the validation that just ran at this step (kept in the run state, so
+        a checkpoint saved at its end resumes with it), else the current ``callback_metrics``."""
+        st = self.state
+        if self.monitor is not None and st.last_val_step == trainer.global_step and st.last_val_score is not None:
+            return st.last_val_score
+        return self._read_score(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._run is not None:
@@ -171,7 +180,7 @@ class TicketCallbackBase(Callback):
 
     # ------------------------------------------------------------------ scores
     def _read_score(self, trainer: pl.Trainer, required: bool = True) -> float | None:
-        """The monitored metric, rank 0's value. A NaN score is recorded as NaN (never a winning ticket)."""
+        """The monitored metric, rank 0's value; a NaN / infinite value is returned as NaN."""
         if self.monitor is None:
             return None
         metrics = trainer.callback_metrics

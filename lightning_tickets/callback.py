@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -93,7 +94,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         ticket_weights: with ``ticket``: the weights the mask is applied to: ``"init"`` (the model's weights at fit
             start), ``"shuffled"`` (θ″, shuffled within each tensor), ``"reinit"`` (random re-initialisation), or
             the path of a checkpoint (θ′: ``.safetensors``, ``.ckpt`` or ``torch.save`` file, keys = parameter
-            names).
+            names), loaded with ``torch.load(weights_only=True)``.
+        trust_checkpoint: with ``ticket_weights=PATH``: allow a ``.ckpt`` / ``.pt`` that needs a full unpickle
+            (which can run code from the file); only for files you trust.
         overwrite: allow a non-empty ``ticket_dir`` from another run (its ticket files are removed first).
         seed: seed of the random-pruning generator (``method="random"``).
         snapshot_device: where the rewind snapshot lives (``"cpu"`` keeps device memory free); checked at
@@ -130,6 +133,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         ticket_remap: Optional[dict[str, str]] = None,
         ticket_mask: Literal["ticket", "random", "random_matched"] = "ticket",
         ticket_weights: str = "init",
+        trust_checkpoint: bool = False,
         overwrite: bool = False,
         seed: int = 0,
         snapshot_device: str = "cpu",
@@ -318,7 +322,13 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
     # ------------------------------------------------------------------ round logic
     def _finish_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         st, store = self.state, self._run.store
-        score = self._read_score(trainer)
+        score = self._round_score(trainer)
+        if score is not None and math.isnan(score):
+            rank_zero_warn(
+                f"round {st.round}'s score {self.monitor}={score} is not a number: recorded as null in summary.json "
+                "(a failed round, never a winning ticket). Check the model / learning rate of this round"
+            )
+            score = None
         if st.round == 0:
             st.dense_score = score
         masks = st.masks if st.masks is not None else store.ones()
@@ -413,8 +423,6 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
 
 def _check_round_count(schedule: Any, rate: float, target: float | None) -> None:
     """Refuse a geometric / linear schedule of more than :data:`MAX_ROUNDS` rounds before building it."""
-    import math
-
     if not isinstance(schedule, str) or target is None:
         return
     try:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -42,6 +43,7 @@ class FixedTicketCallback(TicketCallbackBase):
         ticket_remap: Optional[dict[str, str]] = None,
         ticket_mask: Literal["ticket", "random", "random_matched"] = "ticket",
         ticket_weights: str = "init",
+        trust_checkpoint: bool = False,
         scope: Union[str, dict[str, Any]] = "encoder",
         monitor: Optional[str] = "val/acc",
         mode: Literal["max", "min"] = "max",
@@ -64,6 +66,7 @@ class FixedTicketCallback(TicketCallbackBase):
         self.ticket_remap = dict(ticket_remap) if ticket_remap else None
         self.ticket_mask = ticket_mask
         self.ticket_weights = ticket_weights
+        self.trust_checkpoint = bool(trust_checkpoint)
         self.round_plan = RoundPlan([0.0])  # one round: the whole fit
         self.sparsities = [0.0]  # becomes the ticket's sparsity when training starts
         self.target_sparsity = 0.0
@@ -130,7 +133,9 @@ class FixedTicketCallback(TicketCallbackBase):
         elif self.ticket_weights == "reinit":
             baselines.reinit_weights(pl_module, names, seed=self.seed)
         else:
-            report = baselines.load_weights(pl_module, self.ticket_weights, strict=False)
+            report = baselines.load_weights(
+                pl_module, self.ticket_weights, strict=False, trust_checkpoint=self.trust_checkpoint
+            )
             if not report["matched"]:
                 raise ValueError(
                     f"ticket_weights={self.ticket_weights!r} matched no parameter of {type(pl_module).__name__} "
@@ -149,11 +154,12 @@ class FixedTicketCallback(TicketCallbackBase):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         st = self.state
+        score = self._read_score(trainer, required=False)
         st.rows = [
             {
                 "round": 0,
                 "sparsity": self.sparsities[0],
-                "score": self._read_score(trainer, required=False),
+                "score": None if score is None or math.isnan(score) else score,  # NaN: a failed run, null
                 "relative": None,
                 "ticket": str(self.fixed_ticket_path),
                 "match": None if self.ticket_report is None else self.ticket_report.to_dict(),

@@ -58,6 +58,8 @@ class RunState:
         masks: live bool masks by parameter name (``None`` while dense); local shards when sharded.
         snapshot: the rewind point (host copy; local shards when sharded).
         last_val_step: ``global_step`` of the last validation run during fit (-1: none yet).
+        last_val_score: the monitored score that validation logged (``None``: not logged); a round that ends
+            right after it uses it, also when the run resumed from a checkpoint saved at that validation's end.
         last_masked_step: ``global_step`` at which masks were last re-applied after an optimizer step.
         generator: the random-pruning generator (``method="random"``).
         run_id: identity of this run, shared by its checkpoints and its ``summary.json``.
@@ -78,6 +80,7 @@ class RunState:
     masks: Masks | None = None
     snapshot: dict[str, torch.Tensor] | None = None
     last_val_step: int = -1
+    last_val_score: float | None = None
     last_masked_step: int = -1
     generator: torch.Generator = field(default_factory=torch.Generator)
     run_id: str = field(default_factory=new_run_id)
