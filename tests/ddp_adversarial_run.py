@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_tickets import LotteryTicketCallback
-from lightning_tickets.adversarial import AdversarialConfig
 from lightning_tickets.backbones import Uniter
 from lightning_tickets.tasks import VQA
+from lightning_tickets.tasks.adversarial import AdversarialConfig
 
 
 class RandomVQA(Dataset):

@@ -13,19 +13,9 @@ import yaml
 from test_lxmert_vilt import IMG_DIM, _lx_batch, _vilt_batch
 from torch.utils.data import DataLoader, Dataset
 
-import lightning_tickets.adversarial as adv
+import lightning_tickets.tasks.adversarial as adv
 import lightning_tickets.tasks.base as task_base
 from lightning_tickets import LotteryTicketCallback
-from lightning_tickets.adversarial import (
-    AdversarialConfig,
-    Logits,
-    ascent_direction,
-    example_norms,
-    pgd_step,
-    project,
-    random_start,
-    symmetric_kl,
-)
 from lightning_tickets.backbones import BackboneOutput, Lxmert, Uniter, Vilt, VLBackbone
 from lightning_tickets.tasks import (
     GQA,
@@ -36,6 +26,16 @@ from lightning_tickets.tasks import (
     Pretraining,
     ReferringExpression,
     VisualEntailment,
+)
+from lightning_tickets.tasks.adversarial import (
+    AdversarialConfig,
+    Logits,
+    ascent_direction,
+    example_norms,
+    pgd_step,
+    project,
+    random_start,
+    symmetric_kl,
 )
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -130,6 +130,21 @@ def test_config_survives_a_weights_only_checkpoint_load():
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)["hyper_parameters"]["adversarial"]
     assert loaded == model.adversarial
+
+
+def test_checkpoints_that_name_the_old_module_path_still_load(monkeypatch):
+    """Checkpoints written before the module moved to ``tasks/`` pickle ``lightning_tickets.adversarial.*``."""
+    import lightning_tickets.adversarial as old_path
+
+    assert old_path.AdversarialConfig is AdversarialConfig and old_path.adversarial_terms is adv.adversarial_terms
+    config = AdversarialConfig(steps=2, epsilon=0.5)
+    monkeypatch.setattr(AdversarialConfig, "__module__", "lightning_tickets.adversarial")
+    buf = io.BytesIO()
+    torch.save({"hyper_parameters": {"adversarial": config}}, buf)
+    monkeypatch.undo()
+    assert b"lightning_tickets.adversarial\nAdversarialConfig" in buf.getvalue().replace(b"\r", b"")
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["hyper_parameters"]["adversarial"] == config
 
 
 # ------------------------------------------------------------------------------------------------------ maths

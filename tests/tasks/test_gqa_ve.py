@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from lightning_tickets import LotteryTicketCallback
 from lightning_tickets.backbones import Uniter
 from lightning_tickets.metrics.accuracy import ArgmaxAccuracy
-from lightning_tickets.tasks.gqa import GQA, cross_entropy_ignore
+from lightning_tickets.tasks.base import cross_entropy_ignore
+from lightning_tickets.tasks.gqa import GQA
 from lightning_tickets.tasks.ve import VisualEntailment
 
 IMG_DIM = 8
