@@ -41,17 +41,6 @@ class GQA(LabelClassification):
             :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
-    def __init__(
-        self,
-        backbone: VLBackbone,
-        num_answers: int = 1842,
-        head_dropout: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            backbone,
-            num_classes=num_answers,
-            head_dropout=head_dropout,
-            **kwargs,
-        )
+    def __init__(self, backbone: VLBackbone, num_answers: int = 1842, head_dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(backbone, num_classes=num_answers, head_dropout=head_dropout, **kwargs)
         self.num_answers = self.num_classes

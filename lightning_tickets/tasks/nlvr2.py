@@ -32,8 +32,8 @@ from torch import nn
 
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.accuracy import ArgmaxAccuracy
-from lightning_tickets.tasks.adversarial import Logits
-from lightning_tickets.tasks.base import StepOutput, TaskModule, cross_entropy_ignore, init_head_
+from lightning_tickets.tasks.base import init_head_
+from lightning_tickets.tasks.classification import AccuracyTask
 
 
 class PairHead(nn.Sequential):
@@ -64,7 +64,7 @@ def pair_rows(pooled: torch.Tensor, num_pairs: int) -> torch.Tensor:
     return torch.cat([pooled[:num_pairs], pooled[num_pairs:]], dim=-1)
 
 
-class NLVR2(TaskModule):
+class NLVR2(AccuracyTask):
     """NLVR2 fine-tuning with the pair head.
 
     Args:
@@ -102,34 +102,6 @@ class NLVR2(TaskModule):
             batch = {**batch, "image_token_type_idx": types}
         pooled = self.backbone(batch).pooled
         return self.head(pair_rows(pooled, num_pairs))
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the records."""
-        return cross_entropy_ignore(logits, labels)
-
-    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
-        """Loss and pair logits (a softmax over true / false)."""
-        logits = self(batch)
-        return StepOutput(self.loss(logits, batch["labels"]), logits.shape[0], [Logits(logits)])
-
-    def _eval_step(self, batch: Mapping[str, Any], stage: str, metric: ArgmaxAccuracy) -> None:
-        logits = self(batch)
-        self.log(f"{stage}/loss", self.loss(logits, batch["labels"]), batch_size=logits.shape[0], sync_dist=True)
-        metric.update(logits, batch["labels"])
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_acc)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/acc", self.val_acc.compute(), prog_bar=True)
-        self.val_acc.reset()
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
-
-    def on_test_epoch_end(self) -> None:
-        self.log("test/acc", self.test_acc.compute())
-        self.test_acc.reset()
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         """Predicted labels ``[B]`` (1 = the sentence is true)."""

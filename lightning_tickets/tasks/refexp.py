@@ -33,7 +33,8 @@ from torch import nn
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone
 from lightning_tickets.metrics.grounding import GroundingAccuracy
 from lightning_tickets.tasks.adversarial import Logits
-from lightning_tickets.tasks.base import StepOutput, TaskModule, init_head_
+from lightning_tickets.tasks.base import StepOutput, init_head_
+from lightning_tickets.tasks.classification import AccuracyTask
 
 #: Score given to padded regions (finite, so half precision and the cross-entropy stay finite).
 MASKED_SCORE = -1e4
@@ -76,7 +77,7 @@ def region_hidden_states(out: BackboneOutput, regions: torch.Tensor) -> torch.Te
     return hidden
 
 
-class ReferringExpression(TaskModule):
+class ReferringExpression(AccuracyTask):
     """RefCOCO+ fine-tuning (per-region scoring).
 
     Args:
@@ -127,20 +128,6 @@ class ReferringExpression(TaskModule):
         if "labels" in batch:
             self.log(f"{stage}/loss", self.loss(scores, batch["labels"]), batch_size=scores.shape[0], sync_dist=True)
         metric.update(self.predicted_boxes(scores, batch["img_pos_feat"]), batch["target_box"])
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_acc)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/acc", self.val_acc.compute(), prog_bar=True)
-        self.val_acc.reset()
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
-
-    def on_test_epoch_end(self) -> None:
-        self.log("test/acc", self.test_acc.compute())
-        self.test_acc.reset()
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         """Predicted boxes ``[B, 4]``."""

@@ -36,16 +36,5 @@ class VisualEntailment(LabelClassification):
             :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
-    def __init__(
-        self,
-        backbone: VLBackbone,
-        num_classes: int = 3,
-        head_dropout: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            backbone,
-            num_classes=num_classes,
-            head_dropout=head_dropout,
-            **kwargs,
-        )
+    def __init__(self, backbone: VLBackbone, num_classes: int = 3, head_dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(backbone, num_classes=num_classes, head_dropout=head_dropout, **kwargs)
