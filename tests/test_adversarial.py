@@ -488,22 +488,9 @@ def test_yaml_and_command_line(tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------------------------------------------ DDP
 @pytest.mark.slow
 def test_ddp_ranks_agree_and_masks_stay_exact(tmp_path):
-    import os
-    import subprocess
-    from pathlib import Path
+    from helpers.launch import run_helper
 
-    drop = ("PL_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_", "NODE_RANK", "GROUP_RANK", "TORCHELASTIC", "LT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)} | {"OMP_NUM_THREADS": "1"}
-    script = Path(__file__).with_name("ddp_adversarial_run.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), "ddp_find_unused_parameters_true", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_helper("ddp_run.py", "adversarial", "ddp_find_unused_parameters_true", tmp_path, cwd=tmp_path, timeout=300)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["steps"] == r1["steps"] == 8
     for n in r0["final"]:
