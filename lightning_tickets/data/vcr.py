@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MultipleChoiceDataset", "VCRDataModule"]
 
 
+@dataclass(eq=False)
 class MultipleChoiceDataset(Dataset):
     """VCR: ``{"qa": [4 examples], "qar": [4 examples], "answer_label", "rationale_label", "annot_id"}``.
 
@@ -30,18 +32,13 @@ class MultipleChoiceDataset(Dataset):
     [SEP]`` with the gold answer ``answer*``; both with ``token_type_ids`` (0 / 1) and the image.
     """
 
-    def __init__(
-        self, qa: list[list[tuple[list[int], list[int]]]], qar: list[list[tuple[list[int], list[int]]]],
-        image_keys: list[str], source: Any, answer_labels: list[int], rationale_labels: list[int],
-        annot_ids: list[str],
-    ) -> None:  # fmt: skip
-        self.qa = qa
-        self.qar = qar
-        self.image_keys = image_keys
-        self.source = source
-        self.answer_labels = answer_labels
-        self.rationale_labels = rationale_labels
-        self.annot_ids = annot_ids
+    qa: list[list[tuple[list[int], list[int]]]]
+    qar: list[list[tuple[list[int], list[int]]]]
+    image_keys: list[str]
+    source: Any
+    answer_labels: list[int]
+    rationale_labels: list[int]
+    annot_ids: list[str]
 
     def __len__(self) -> int:
         return len(self.qa)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -38,6 +39,7 @@ def split_train_images(image_ids: Sequence[int], val_fraction: float, seed: int)
     return {int(i) for i in perm[n_val:]}, {int(i) for i in perm[:n_val]}
 
 
+@dataclass(eq=False)
 class VQARegionDataset(Dataset):
     """Questions with pre-tokenised text and per-image region features (shared tensors, no copies).
 
@@ -45,23 +47,13 @@ class VQARegionDataset(Dataset):
     ``answer_scores [k]``, ``question_id``, ``image_id``.
     """
 
-    def __init__(
-        self,
-        input_ids: list[list[int]],
-        image_index: list[int],
-        answers: list[int],
-        feat: torch.Tensor,
-        boxes: torch.Tensor,
-        image_ids: list[int],
-        question_ids: list[int],
-    ) -> None:
-        self.input_ids = input_ids
-        self.image_index = image_index
-        self.answers = answers
-        self.feat = feat
-        self.boxes = boxes
-        self.image_ids = image_ids
-        self.question_ids = question_ids
+    input_ids: list[list[int]]
+    image_index: list[int]
+    answers: list[int]
+    feat: torch.Tensor
+    boxes: torch.Tensor
+    image_ids: list[int]
+    question_ids: list[int]
 
     def __len__(self) -> int:
         return len(self.input_ids)
