@@ -24,7 +24,7 @@ ALL_COMBOS = (1 << (len(COLORS) * len(SHAPES))) - 1
 def question_type(question: str) -> str:
     """``"yesno"`` (starts with "is " / "does "), ``"color"`` (mentions "color") or ``"shape"``.
 
-    Checked against every question of the installed package (``tests/test_easy_vqa_tasks.py``): each type's answers
+    Checked against every question of the installed package (``tests/data/test_easy_vqa_tasks.py``): each type's answers
     are exactly its :data:`TYPE_ANSWERS` (train: 5,166 colour / 5,002 shape / 28,407 yes-no questions).
 
     Example:
