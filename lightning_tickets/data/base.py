@@ -350,7 +350,3 @@ class FilesDataModule(VLDataModule):
 
     def split_file(self, split: str) -> str | None:
         return self.files[split]
-
-
-#: The former private name of :class:`FilesDataModule`.
-_FilesDataModule = FilesDataModule

@@ -17,7 +17,6 @@ from lightning_tickets.data.base import (
     FilesDataModule,
     TextImageDataset,
     VLDataModule,
-    _FilesDataModule,
     format_image_key,
     load_text_tokenizer,
 )
@@ -46,7 +45,6 @@ __all__ = [
     "VCRDataModule",
     "VLDataModule",
     "VQAv2DataModule",
-    "_FilesDataModule",
     "box_iou",
     "format_image_key",
     "load_text_tokenizer",

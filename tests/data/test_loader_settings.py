@@ -69,4 +69,3 @@ def test_the_old_module_path_still_names_the_same_classes():
     from lightning_tickets.data import datamodules
 
     assert datamodules.VQAv2DataModule is VQAv2DataModule and datamodules.VLDataModule is VLDataModule
-    assert datamodules._FilesDataModule is datamodules.FilesDataModule
