@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_tickets.data.datamodules import (
+from lightning_tickets.data import (
     Flickr30kDataModule,
     GQADataModule,
     NLVR2DataModule,
@@ -16,11 +16,10 @@ from lightning_tickets.data.datamodules import (
     SNLIVEDataModule,
     VCRDataModule,
     VQAv2DataModule,
-    box_iou,
-    format_image_key,
-    load_text_tokenizer,
 )
+from lightning_tickets.data.base import format_image_key, load_text_tokenizer
 from lightning_tickets.data.formats import FormatError
+from lightning_tickets.data.refcoco import box_iou
 
 h5py = pytest.importorskip("h5py")
 
