@@ -23,8 +23,8 @@ def dependencies(pyproject: Path) -> list[str]:
     """The ``[project] dependencies`` strings of ``pyproject``."""
     try:
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:  # Python 3.10: pip vendors tomli
+        from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
     with pyproject.open("rb") as fh:
         return list(tomllib.load(fh)["project"]["dependencies"])
 
