@@ -1,7 +1,17 @@
-"""Which parameters are prunable: presets and include/exclude regexes over qualified module names.
+r"""Which parameters are prunable: presets, module classes, include/exclude regexes, parameter names.
 
-A scope selects *weights of modules of given classes* (``nn.Linear`` by default) whose qualified module name matches
-one of the ``include`` regexes and none of the ``exclude`` regexes (``re.search`` semantics).
+**The rule.** A scope selects the parameter ``<module>.<attr>`` (a name as ``model.named_parameters()`` shows it,
+e.g. ``encoder.layer.0.output.dense.weight``) when
+
+* the module is an instance of one of ``modules`` (classes such as ``nn.Linear``, class names such as
+  ``"Linear"``, or dotted import paths such as ``"torch.nn.Linear"``; default ``["Linear"]``),
+* ``attr`` is one of ``parameter_names`` (default ``["weight"]``; ``["weight", "bias"]`` prunes biases too, as
+  Lightning's ``ModelPruning(parameter_names=...)``),
+* some ``include`` regex matches (``re.search``) the module name **or** the parameter name, and
+* no ``exclude`` regex matches the module name or the parameter name.
+
+So ``include=[r"encoder\.layer\.0\."]`` (a module-name regex) and ``include=[r"encoder\..*\.weight$"]`` (a
+parameter-name regex) both work, and ``exclude=[r"\.bias$"]`` drops biases again.
 
 Example:
     >>> import torch.nn as nn
@@ -17,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +37,9 @@ import torch
 from torch import nn
 
 ScopeSpec = Union[str, Mapping[str, Any]]
+
+#: Keys of a scope dict.
+SCOPE_KEYS = ("include", "exclude", "modules", "parameter_names")
 
 #: Excluded by every preset: embeddings, task heads, classifiers, LayerNorms (never Linear anyway).
 _NEVER = [r"(^|\.)[A-Za-z_]*embeddings?(\.|$)", r"(^|\.)(head|heads|classifier|cls|lm_head)(\.|$)"]
@@ -47,91 +61,183 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Scope:
-    """A resolved scope specification (regexes compiled, module classes by name)."""
+    r"""A resolved scope specification (regexes compiled; module classes by class, name or dotted import path).
+
+    Example:
+        >>> from torch import nn
+        >>> scope = Scope.parse({"include": [r"\.weight$"], "modules": [nn.Linear], "parameter_names": ["weight"]})
+        >>> scope.to_dict()["modules"], scope.selects("fc.weight", "fc", nn.Linear(2, 2))
+        (['torch.nn.modules.linear.Linear'], True)
+    """
 
     include: tuple[str, ...]
     exclude: tuple[str, ...] = ()
-    modules: tuple[str, ...] = ("Linear",)
+    modules: tuple[str | type, ...] = ("Linear",)
     name: str = "custom"
+    parameter_names: tuple[str, ...] = ("weight",)
     _inc: list[re.Pattern] = field(default_factory=list, compare=False, repr=False)
     _exc: list[re.Pattern] = field(default_factory=list, compare=False, repr=False)
+    _classes: tuple[type, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
-    def parse(cls, spec: ScopeSpec) -> Scope:
-        """Parse a preset name or ``dict(include=[...], exclude=[...], modules=[...])``."""
+    def parse(cls, spec: ScopeSpec | Scope, parameter_names: Sequence[str] | None = None) -> Scope:
+        """Parse a preset name or ``dict(include=[...], exclude=[...], modules=[...], parameter_names=[...])``.
+
+        ``parameter_names`` (if given) overrides the spec's (e.g. a preset's ``["weight"]``).
+        """
         if isinstance(spec, Scope):
-            return spec
+            return (
+                spec if parameter_names is None else cls.parse({**spec.to_dict(), "parameter_names": parameter_names})
+            )
         if isinstance(spec, str):
             if spec not in PRESETS:
                 raise ValueError(
                     f"scope={spec!r} is not a preset; use one of {sorted(PRESETS)} or "
-                    "dict(include=[regex, ...], exclude=[regex, ...], modules=['Linear'])"
+                    "dict(include=[regex, ...], exclude=[regex, ...], modules=['Linear'], parameter_names=['weight'])"
                 )
-            d, name = PRESETS[spec], spec
+            d, name = dict(PRESETS[spec]), spec
         elif isinstance(spec, Mapping):
-            unknown = set(spec) - {"include", "exclude", "modules"}
+            unknown = set(spec) - set(SCOPE_KEYS) - {"name"}
             if unknown:
-                raise ValueError(f"scope has unknown keys {sorted(unknown)}; allowed: include, exclude, modules")
+                raise ValueError(f"scope has unknown keys {sorted(unknown)}; allowed: {', '.join(SCOPE_KEYS)}")
             d = {"include": [r".*"], "exclude": [], "modules": ["Linear"], **dict(spec)}
-            name = "custom"
+            name = str(d.pop("name", "custom"))
         else:
             raise TypeError(f"scope must be a preset name or a dict, got {type(spec).__name__}")
-        for key in ("include", "exclude", "modules"):
-            if isinstance(d[key], str):
+        if parameter_names is not None:
+            d["parameter_names"] = parameter_names
+        d.setdefault("parameter_names", ["weight"])
+        for key in SCOPE_KEYS:
+            if isinstance(d[key], (str, type)):
                 d[key] = [d[key]]
         inc, exc = [], []
         for key, out in (("include", inc), ("exclude", exc)):
             for rx in d[key]:
                 try:
                     out.append(re.compile(rx))
-                except re.error as err:
+                except (re.error, TypeError) as err:
                     raise ValueError(f"scope {key} regex {rx!r} is invalid: {err}") from None
-        return cls(tuple(d["include"]), tuple(d["exclude"]), tuple(d["modules"]), name, inc, exc)
+        params = tuple(str(p) for p in d["parameter_names"])
+        if not params or not all(p.isidentifier() for p in params):
+            raise ValueError(
+                f"scope parameter_names={list(d['parameter_names'])!r} must be attribute names such as "
+                "['weight'] or ['weight', 'bias']"
+            )
+        modules = tuple(d["modules"])
+        classes = tuple(_import_class(m) for m in modules if isinstance(m, type) or "." in m)
+        return cls(tuple(d["include"]), tuple(d["exclude"]), modules, name, params, inc, exc, classes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable description (stored in ticket metadata)."""
+        """JSON-serialisable description (stored in ticket metadata); :meth:`parse` reads it back."""
         return {
             "name": self.name,
             "include": list(self.include),
             "exclude": list(self.exclude),
-            "modules": list(self.modules),
+            "modules": [_class_path(m) if isinstance(m, type) else m for m in self.modules],
+            "parameter_names": list(self.parameter_names),
         }
 
     def matches(self, module_name: str, module: nn.Module) -> bool:
-        """Whether ``module`` (qualified name ``module_name``) is in scope."""
-        if type(module).__name__ not in self.modules and not any(
-            cls.__name__ in self.modules for cls in type(module).__mro__
-        ):
+        """Whether ``module`` (qualified name ``module_name``) has the right class and its name is in scope."""
+        return self.module_class_matches(module) and self._named(module_name)
+
+    def module_class_matches(self, module: nn.Module) -> bool:
+        """Whether ``module`` is an instance of one of :attr:`modules`."""
+        if self._classes and isinstance(module, self._classes):
+            return True
+        names = {c.__name__ for c in type(module).__mro__}
+        return any(m in names for m in self.modules if isinstance(m, str) and "." not in m)
+
+    def selects(self, parameter_name: str, module_name: str, module: nn.Module) -> bool:
+        r"""Whether parameter ``parameter_name`` (``<module_name>.<attr>``) of ``module`` is in scope (see the rule).
+
+        Example:
+            >>> from torch import nn
+            >>> Scope.parse({"include": [r"^fc\.weight$"]}).selects("fc.weight", "fc", nn.Linear(2, 2))
+            True
+        """
+        attr = parameter_name.rsplit(".", 1)[-1]
+        if attr not in self.parameter_names or not self.module_class_matches(module):
             return False
-        if not any(rx.search(module_name) for rx in self._inc):
+        return self._named(module_name, parameter_name)
+
+    def _named(self, *names: str) -> bool:
+        if not any(rx.search(n) for rx in self._inc for n in names):
             return False
-        return not any(rx.search(module_name) for rx in self._exc)
+        return not any(rx.search(n) for rx in self._exc for n in names)
 
 
-def resolve_scope(model: nn.Module, spec: ScopeSpec) -> list[tuple[str, torch.nn.Parameter]]:
-    """Return ``[(parameter_name, parameter)]`` of the weights in scope, in ``named_modules`` order.
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _import_class(entry: str | type) -> type:
+    """``entry`` itself if a class, else the class at dotted path ``entry`` (``"torch.nn.Linear"``)."""
+    if isinstance(entry, type):
+        if not issubclass(entry, nn.Module):
+            raise ValueError(f"scope modules entry {entry!r} is not an nn.Module subclass")
+        return entry
+    module_path, _, attr = entry.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_path), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"scope modules entry {entry!r} cannot be imported ({err}); use a class (nn.Linear), a class name "
+            "('Linear') or an importable dotted path ('torch.nn.Linear')"
+        ) from None
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ValueError(f"scope modules entry {entry!r} is not an nn.Module subclass")
+    return found
+
+
+def resolve_scope(
+    model: nn.Module, spec: ScopeSpec | Scope, parameter_names: Sequence[str] | None = None
+) -> list[tuple[str, torch.nn.Parameter]]:
+    r"""Return ``[(parameter_name, parameter)]`` in scope, in ``model.named_parameters()`` order (tied ones once).
+
+    ``parameter_names`` (if given) overrides the spec's, e.g. ``["weight", "bias"]`` to prune biases too.
 
     Raises:
-        ValueError: if nothing matches (the message lists a few of the model's parameter names).
+        ValueError: if nothing matches (the message names the module classes and a few parameter names of the
+            model), or if a requested parameter name exists on none of the selected modules.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> [n for n, _ in resolve_scope(net, {"modules": [nn.Linear], "include": [r"^0\."]}, ["weight", "bias"])]
+        ['0.weight', '0.bias']
     """
-    scope = Scope.parse(spec)
+    scope = Scope.parse(spec, parameter_names)
     out: list[tuple[str, nn.Parameter]] = []
     seen: set[int] = set()
+    found_attrs: set[str] = set()
     for mname, module in model.named_modules():
-        if not scope.matches(mname, module):
+        if not scope.module_class_matches(module):
             continue
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
-            continue
-        seen.add(id(weight))
-        out.append((f"{mname}.weight" if mname else "weight", weight))
+        for attr, param in module.named_parameters(recurse=False):
+            pname = f"{mname}.{attr}" if mname else attr
+            if attr in scope.parameter_names and scope._named(mname, pname):
+                found_attrs.add(attr)
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    out.append((pname, param))
     if not out:
         names = [n for n, _ in model.named_parameters()]
         sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        classes = sorted({type(m).__name__ for m in model.modules()} - {type(model).__name__})
+        described = scope.to_dict()
         raise ValueError(
-            f"scope {spec!r} matches no parameter of {type(model).__name__} (modules {list(scope.modules)}, include "
-            f"{list(scope.include)}, exclude {list(scope.exclude)}). The model's parameters include: {sample}. "
-            "Pass scope=dict(include=[...]) with regexes over module names, or another preset."
+            f"scope {described['name']!r} matches no parameter of {type(model).__name__} (modules "
+            f"{described['modules']}, parameter_names {described['parameter_names']}, include {list(scope.include)}, "
+            f"exclude {list(scope.exclude)}). The model's module classes: {', '.join(classes[:12])}"
+            f"{', ...' if len(classes) > 12 else ''}; its parameters include: {sample}. Pass scope=dict(include=[...])"
+            " with regexes over module or parameter names, modules=[nn.Linear, ...], or another preset."
+        )
+    missing = [p for p in scope.parameter_names if p not in found_attrs]
+    if missing:
+        raise ValueError(
+            f"scope parameter_names {missing} match no parameter of the selected modules (found: "
+            f"{sorted(found_attrs)}); drop them or select modules that have them"
         )
     return out
 

@@ -251,9 +251,18 @@ def test_vilt_loads_local_transformers_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("cls", [Lxmert, Vilt])
-@pytest.mark.parametrize("bad", ["unc-nlp/lxmert-base-uncased", "dandelin/vilt-b32-mlm", "/no/such/dir"])
-def test_hub_id_or_missing_path_is_a_clear_error(cls, bad):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("unc-nlp/lxmert-base-uncased", "HF_HUB_OFFLINE=1 forbids downloading"),  # offline, not cached
+        ("dandelin/vilt-b32-mlm", "HF_HUB_OFFLINE=1 forbids downloading"),
+        ("/no/such/dir", "neither an existing local path nor a Hugging Face hub id"),
+    ],
+)
+def test_uncached_hub_id_offline_or_missing_path_is_a_clear_error(cls, bad, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=message):
         cls.from_pretrained(bad)
 
 

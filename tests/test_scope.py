@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_tickets.scope import PRESETS, Scope, resolve_scope
+from lightning_tickets.scope import PRESETS, Scope, resolve_scope, scope_names
 from lightning_tickets.toy import ToyClassifier
 
 
@@ -104,3 +104,95 @@ def test_shared_weights_counted_once():
 
     assert len(resolve_scope(Tied(), "encoder")) == 1
     assert isinstance(resolve_scope(Tied(), "encoder")[0][1], torch.nn.Parameter)
+
+
+# ---------------------------------------------------------------------- classes, parameter-name regexes, biases
+def _oracle(model: nn.Module, keep) -> list[str]:
+    """Parameter names in named_parameters() order whose owning module and name satisfy ``keep(module, name)``."""
+    owners = {}
+    for mname, module in model.named_modules():
+        for attr, _ in module.named_parameters(recurse=False):
+            owners.setdefault(f"{mname}.{attr}" if mname else attr, module)
+    return [n for n, _ in model.named_parameters() if keep(owners[n], n)]
+
+
+@pytest.mark.parametrize("modules", [[nn.Linear], ["Linear"], ["torch.nn.Linear"], nn.Linear, "Linear"])
+def test_modules_by_class_name_or_dotted_path(modules):
+    model = ToyClassifier(num_layers=2)
+    names = [n for n, _ in resolve_scope(model, {"modules": modules})]
+    assert names == _oracle(model, lambda m, n: isinstance(m, nn.Linear) and n.endswith(".weight"))
+
+
+def test_modules_by_class_selects_subclasses():
+    class MyLinear(nn.Linear):
+        pass
+
+    model = nn.Sequential(MyLinear(2, 2), nn.Linear(2, 2), nn.Conv1d(2, 2, 1))
+    assert [n for n, _ in resolve_scope(model, {"modules": [nn.Linear]})] == ["0.weight", "1.weight"]
+    assert [n for n, _ in resolve_scope(model, {"modules": [MyLinear]})] == ["0.weight"]
+    assert [n for n, _ in resolve_scope(model, {"modules": [nn.Linear, nn.Conv1d]})] == [
+        "0.weight",
+        "1.weight",
+        "2.weight",
+    ]
+
+
+def test_bad_module_entries_are_clear_errors():
+    with pytest.raises(ValueError, match="'torch.nn.Linaer' cannot be imported"):
+        Scope.parse({"modules": ["torch.nn.Linaer"]})
+    with pytest.raises(ValueError, match="not an nn.Module subclass"):
+        Scope.parse({"modules": [int]})
+    with pytest.raises(ValueError, match=r"module classes: .*Linear") as err:
+        resolve_scope(ToyClassifier(), {"modules": ["Conv2d"]})
+    assert "Conv2d" in str(err.value)
+
+
+def test_include_and_exclude_regexes_over_parameter_names():
+    model = ToyClassifier(num_layers=2)
+    by_param = [n for n, _ in resolve_scope(model, {"include": [r"encoder\..*\.weight$"]})]
+    assert by_param == _oracle(
+        model, lambda m, n: isinstance(m, nn.Linear) and n.startswith("encoder.") and n.endswith(".weight")
+    )
+    assert by_param == [n for n, _ in resolve_scope(model, {"include": [r"^encoder\."]})]  # the module-name form
+    excluded = [n for n, _ in resolve_scope(model, {"include": [".*"], "exclude": [r"output\.dense\.weight$"]})]
+    assert excluded == _oracle(
+        model, lambda m, n: isinstance(m, nn.Linear) and n.endswith(".weight") and "output.dense" not in n
+    )
+
+
+@pytest.mark.parametrize("how", ["dict", "keyword", "preset"])
+def test_parameter_names_prune_biases_too(how):
+    model = ToyClassifier(num_layers=2)
+    if how == "dict":
+        got = resolve_scope(model, {"include": [".*"], "parameter_names": ["weight", "bias"]})
+        expected = _oracle(model, lambda m, n: isinstance(m, nn.Linear))
+    elif how == "keyword":
+        got = resolve_scope(model, {"include": [".*"]}, parameter_names=["bias"])
+        expected = _oracle(model, lambda m, n: isinstance(m, nn.Linear) and n.endswith(".bias"))
+    else:
+        got = resolve_scope(model, "encoder", parameter_names=["weight", "bias"])
+        weights = set(scope_names(model, "encoder"))
+        expected = _oracle(model, lambda m, n: n.rsplit(".", 1)[0] + ".weight" in weights)
+    assert [n for n, _ in got] == expected and any(n.endswith(".bias") for n in expected)
+    params = dict(model.named_parameters())
+    assert all(p is params[n] for n, p in got)
+
+
+def test_bias_excluded_by_a_parameter_name_regex_and_bad_parameter_names():
+    model = ToyClassifier(num_layers=1)
+    spec = {"include": [".*"], "exclude": [r"\.bias$"], "parameter_names": ["weight", "bias"]}
+    with pytest.raises(ValueError, match=r"parameter_names \['bias'\] match no parameter"):
+        resolve_scope(model, spec)
+    with pytest.raises(ValueError, match=r"parameter_names \['bais'\] match no parameter"):
+        resolve_scope(model, {"parameter_names": ["weight", "bais"]})
+    with pytest.raises(ValueError, match="attribute names"):
+        Scope.parse({"parameter_names": ["weight.x"]})
+
+
+def test_to_dict_round_trips_classes_and_parameter_names():
+    scope = Scope.parse({"include": ["layer"], "modules": [nn.Linear], "parameter_names": ["weight", "bias"]})
+    data = scope.to_dict()
+    assert data["modules"] == ["torch.nn.modules.linear.Linear"] and data["parameter_names"] == ["weight", "bias"]
+    model = ToyClassifier(num_layers=2)
+    assert scope_names(model, Scope.parse(data)) == scope_names(model, scope)
+    assert Scope.parse("encoder").to_dict()["parameter_names"] == ["weight"]

@@ -222,9 +222,18 @@ def test_bert_init_from_bundled_minilm():
     assert model.load_reports[0].unexpected_keys == []
 
 
-@pytest.mark.parametrize("bad", ["bert-base-uncased", "google-bert/bert-base-uncased", "/no/such/dir"])
-def test_hub_id_or_missing_path_is_a_clear_error(bad):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("bert-base-uncased", "HF_HUB_OFFLINE=1 forbids downloading"),  # hub id, offline and not cached
+        ("google-bert/bert-base-uncased", "HF_HUB_OFFLINE=1 forbids downloading"),
+        ("/no/such/dir", "neither an existing local path nor a Hugging Face hub id"),
+    ],
+)
+def test_uncached_hub_id_offline_or_missing_path_is_a_clear_error(bad, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=message):
         Uniter("tiny", img_dim=4, bert_path=bad)
 
 

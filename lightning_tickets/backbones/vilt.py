@@ -61,9 +61,14 @@ import torch
 from torch import nn
 from transformers import ViltConfig, ViltModel
 
-from lightning_tickets.backbones.base import BackboneOutput, VLBackbone
-from lightning_tickets.backbones.lxmert import check_config_fields, checkpoint_dir, load_hf_model
-from lightning_tickets.backbones.uniter import LoadReport
+from lightning_tickets.backbones.base import (
+    BackboneOutput,
+    LoadReport,
+    VLBackbone,
+    check_config_fields,
+    checkpoint_dir,
+    load_hf_model,
+)
 from lightning_tickets.structured import Structure, attention_ffn_layer
 
 log = logging.getLogger(__name__)
@@ -105,11 +110,12 @@ class Vilt(VLBackbone):
     Args:
         preset: architecture defaults, ``"base"`` (ViLT-B/32) or ``"tiny"`` (2 layers, 32, 64x64 images, patch 16;
             tests). With ``pretrained_path`` the checkpoint's ``config.json`` decides instead.
-        pretrained_path: local transformers ViLT directory (``config.json`` + ``model.safetensors`` /
-            ``pytorch_model.bin``, as written by ``save_pretrained``; a ``ViltModel``, ``ViltForMaskedLM``,
-            ``ViltForQuestionAnswering``, ... checkpoint) or ``"package:<module>"``. Loaded with
-            ``ViltModel.from_pretrained(..., local_files_only=True)``: nothing is ever downloaded, and a hub id such
-            as ``"dandelin/vilt-b32-mlm"`` raises ``FileNotFoundError``. Download it yourself and pass the directory.
+        pretrained_path: transformers ViLT checkpoint (``ViltModel``, ``ViltForMaskedLM``,
+            ``ViltForQuestionAnswering``, ...): a local directory (``config.json`` +
+            ``model.safetensors`` / ``pytorch_model.bin``, as written by ``save_pretrained``), ``"package:<module>"``
+            or a Hugging Face hub id such as ``"dandelin/vilt-b32-mlm"``, found in the hub cache or downloaded like
+            ``from_pretrained`` does (``HF_HUB_OFFLINE=1`` honoured:
+            :func:`~lightning_tickets.paths.resolve_pretrained_path`), then loaded with ``ViltModel.from_pretrained``.
             Missing / unexpected keys are logged and kept in :attr:`load_reports`.
         image_token_type_idx: default modality type of the image tokens (1; a batch key of the same name overrides
             it per batch or per row).
@@ -121,7 +127,7 @@ class Vilt(VLBackbone):
 
     Attributes:
         config: the ``ViltConfig`` in use.
-        load_reports: one :class:`~lightning_tickets.backbones.uniter.LoadReport` per checkpoint loaded (keys in
+        load_reports: one :class:`~lightning_tickets.backbones.base.LoadReport` per checkpoint loaded (keys in
             this module's names, ``vilt.*``; unexpected keys in the checkpoint's names).
 
     Example:
@@ -156,7 +162,9 @@ class Vilt(VLBackbone):
             directory = checkpoint_dir(pretrained_path, "vilt")
             config = ViltConfig.from_pretrained(str(directory), local_files_only=True)
             config.update(fields)
-            self.vilt, report = load_hf_model(ViltModel, directory, config, prefix="vilt.", heads=_HEAD_PREFIXES)
+            self.vilt, report = load_hf_model(
+                ViltModel, directory, config, prefix="vilt.", heads=_HEAD_PREFIXES, logger=log
+            )
             self.load_reports.append(report)
             params = {n for n, _ in self.named_parameters()}
             self._new_parameter_names = set(report.missing_keys) & params
@@ -169,7 +177,7 @@ class Vilt(VLBackbone):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> Vilt:
-        """Build from a local transformers ViLT directory (see ``pretrained_path``); never downloads.
+        """Build from a local transformers ViLT directory or hub id (see ``pretrained_path``).
 
         Example:
             >>> import tempfile

@@ -291,9 +291,11 @@ def compact(
     elif isinstance(ticket, (str, os.PathLike)):
         plan.metadata["ticket"] = {"path": os.fspath(ticket)}
     try:
+        from importlib.metadata import version
+
         import torch_pruning as tp
 
-        plan.metadata["torch_pruning"] = tp.__version__
+        plan.metadata["torch_pruning"] = getattr(tp, "__version__", None) or version("torch-pruning")  # < 1.6.1: none
     except ImportError:  # pragma: no cover - a declared dependency
         use_torch_pruning = False
     for name, module, local in described:
