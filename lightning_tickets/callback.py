@@ -23,23 +23,20 @@ from typing import Any, Literal, Optional, Union
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_tickets.__about__ import __version__
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
 from lightning_tickets.layout import mask_store_for, named_parameters
 from lightning_tickets.pruner import Pruner
-from lightning_tickets.report import best_relaxed_ticket, relative_score
+from lightning_tickets.report import relative_score
 from lightning_tickets.rewind import RewindPoint, reset_optimizers
 from lightning_tickets.schedule import RoundPlan, round_length, sparsity_schedule
 from lightning_tickets.scope import resolve_scope
 from lightning_tickets.structured import nm_schedule, parse_granularity
+from lightning_tickets.ticket_dir import build_summary
 
 __all__ = ["LotteryTicketCallback", "steps_per_round"]
 
 #: Former name of :func:`lightning_tickets.schedule.round_length`.
 steps_per_round = round_length
-
-#: Most rounds a schedule may have (a tiny ``rate`` would otherwise build a schedule of millions of rounds).
-MAX_ROUNDS = 1000
 
 
 class _FixedTicketDispatch(type):
@@ -164,7 +161,6 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             cpu_float_masks=cpu_float_masks,
         )
         self._kind, self._nm = parse_granularity(granularity)
-        _check_round_count(schedule, rate, target_sparsity)
         if self._nm is not None:
             sparsities = nm_schedule(*self._nm, schedule, rate)
         else:
@@ -361,24 +357,10 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         )
 
     def _ticket_metadata(self, trainer: pl.Trainer, pl_module: pl.LightningModule, score: float | None) -> dict:
-        return {
-            "round": self.state.round,
-            "score": score,
-            "dense_score": self.state.dense_score,
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "target_sparsity": self.target_sparsity,
-            "schedule": self.schedule,
-            "rate": self.rate,
-            "sparsities": self.sparsities,
-            "rewind": str(self.rewind),
-            "method": self.method,
-            "granularity": self.granularity,
-            "scope": self.scope.to_dict(),
-            "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
-            "global_step": trainer.global_step,
-            "run_id": self.state.run_id,
-        }
+        st = self.state
+        return {"round": st.round, "score": score, "dense_score": st.dense_score, **self._run_info(),
+                "scope": self.scope.to_dict(), "global_step": trainer.global_step, "run_id": st.run_id,
+                "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"}  # fmt: skip
 
     def _transition(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the next round: new mask from the trained weights, rewind, zero pruned weights, schedule a reset."""
@@ -399,41 +381,10 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st.last_masked_step = trainer.global_step
 
     # ------------------------------------------------------------------ summary
+    def _run_info(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance, "method": self.method,
+                "granularity": self.granularity, "rewind": str(self.rewind), "schedule": self.schedule,
+                "rate": self.rate, "sparsities": self.sparsities, "target_sparsity": self.target_sparsity}  # fmt: skip
+
     def _summary(self) -> dict[str, Any]:
-        st = self.state
-        return {
-            "library_version": __version__,
-            "run_id": st.run_id,
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "tolerance": self.tolerance,
-            "method": self.method,
-            "granularity": self.granularity,
-            "rewind": str(self.rewind),
-            "schedule": self.schedule,
-            "rate": self.rate,
-            "sparsities": self.sparsities,
-            "target_sparsity": self.target_sparsity,
-            "dense_score": st.dense_score,
-            "finished": st.finished,
-            "rounds": st.rows,
-            "best_relaxed_ticket": best_relaxed_ticket(st.rows, st.dense_score, self.tolerance, self.mode),
-        }
-
-
-def _check_round_count(schedule: Any, rate: float, target: float | None) -> None:
-    """Refuse a geometric / linear schedule of more than :data:`MAX_ROUNDS` rounds before building it."""
-    if not isinstance(schedule, str) or target is None:
-        return
-    try:
-        rate, target = float(rate), float(target)
-    except (TypeError, ValueError):
-        return  # sparsity_schedule names the bad value
-    if not (0.0 < rate < 1.0 and 0.0 <= target < 1.0):
-        return
-    rounds = math.log(1.0 - target) / math.log(1.0 - rate) if schedule == "geometric" else target / rate
-    if rounds > MAX_ROUNDS:
-        raise ValueError(
-            f"schedule={schedule!r} with rate={rate!r} needs about {rounds:,.0f} rounds to reach target_sparsity="
-            f"{target}; at most {MAX_ROUNDS} are allowed. Use a larger rate (e.g. rate=0.2)"
-        )
+        return build_summary(self._run_info(), self.state)

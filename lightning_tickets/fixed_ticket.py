@@ -21,12 +21,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_tickets import baselines
-from lightning_tickets.__about__ import __version__
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
 from lightning_tickets.layout import mask_store_for, named_parameters
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.schedule import RoundPlan
 from lightning_tickets.ticket import Ticket
+from lightning_tickets.ticket_dir import build_summary
 
 __all__ = ["FixedTicketCallback"]
 
@@ -165,22 +165,10 @@ class FixedTicketCallback(TicketCallbackBase):
                 "match": None if self.ticket_report is None else self.ticket_report.to_dict(),
             }
         ]
+        st.finished = True
         if trainer.is_global_zero:
-            self._ticket_dir().write_summary(
-                {
-                    "library_version": __version__,
-                    "run_id": st.run_id,
-                    "monitor": self.monitor,
-                    "mode": self.mode,
-                    "tolerance": self.tolerance,
-                    "ticket": str(self.fixed_ticket_path),
-                    "ticket_mask": self.ticket_mask,
-                    "ticket_weights": self.ticket_weights,
-                    "sparsities": self.sparsities,
-                    "target_sparsity": self.target_sparsity,
-                    "dense_score": None,
-                    "finished": True,
-                    "rounds": st.rows,
-                    "best_relaxed_ticket": None,
-                }
-            )
+            info = {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance,
+                    "ticket": str(self.fixed_ticket_path), "ticket_mask": self.ticket_mask,
+                    "ticket_weights": self.ticket_weights, "sparsities": self.sparsities,
+                    "target_sparsity": self.target_sparsity}  # fmt: skip
+            self._ticket_dir().write_summary(build_summary(info, st))

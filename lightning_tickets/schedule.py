@@ -23,6 +23,8 @@ from lightning_tickets.rewind import RewindPoint
 
 SCHEDULES = ("geometric", "linear")
 _EPS = 1e-9
+#: Most rounds a schedule may have (a tiny ``rate`` would otherwise build a schedule of millions of rounds).
+MAX_ROUNDS = 1000
 
 
 def _check_fraction(name: str, value: float, *, low_open: bool, hint: str) -> float:
@@ -65,6 +67,12 @@ def sparsity_schedule(
             raise ValueError(f"target_sparsity is required with schedule={schedule!r}; pass e.g. target_sparsity=0.7")
         target = _check_fraction("target_sparsity", target_sparsity, low_open=False, hint="pass e.g. 0.7 for 70%")
         rate = _check_fraction("rate", rate, low_open=True, hint="pass e.g. rate=0.2 to prune 20% per round")
+        rounds = math.log1p(-target) / math.log1p(-rate) if schedule == "geometric" else target / rate
+        if rounds > MAX_ROUNDS:
+            raise ValueError(
+                f"schedule={schedule!r} with rate={rate!r} needs about {rounds:,.0f} rounds to reach target_sparsity="
+                f"{target}; at most {MAX_ROUNDS} are allowed. Use a larger rate (e.g. rate=0.2)"
+            )
         out = [0.0]
         r = 1
         while out[-1] < target - _EPS:

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
+from lightning_tickets.__about__ import __version__
 from lightning_tickets.report import best_relaxed_ticket, format_table, plot_summary, write_json_atomic
 from lightning_tickets.ticket import Ticket
 
-__all__ = ["TicketDir"]
+__all__ = ["TicketDir", "build_summary"]
 
 #: Files a run owns in its ticket directory (removed by ``overwrite=True``), hidden temporary files included.
 OWN_FILES = ("round-*.safetensors", "summary.json", "summary.png", ".round-*.tmp", ".summary.json.*.tmp")
@@ -143,3 +144,27 @@ class TicketDir:
             except ImportError as err:
                 lines.append(f"plot skipped: {err}")
         return "\n".join(lines)
+
+
+def build_summary(info: dict[str, Any], state: Any) -> dict[str, Any]:
+    """``summary.json``'s content: the run's settings (``info``: monitor, mode, tolerance, schedule, ...), its
+    ``run_id``, one row per finished round and the relaxed winning ticket (the sparsest round keeping ``tolerance``
+    of the dense score).
+
+    Example:
+        >>> from lightning_tickets.state import RunState
+        >>> info = {"monitor": "val/acc", "mode": "max", "tolerance": 0.99}
+        >>> rows = [{"round": 0, "sparsity": 0.0, "score": 0.8}, {"round": 1, "sparsity": 0.5, "score": 0.8}]
+        >>> build_summary(info, RunState(rows=rows, dense_score=0.8))["best_relaxed_ticket"]["round"]
+        1
+    """
+    best = best_relaxed_ticket(state.rows, state.dense_score, info["tolerance"], info["mode"])
+    return {
+        "library_version": __version__,
+        "run_id": state.run_id,
+        **info,
+        "dense_score": state.dense_score,
+        "finished": state.finished,
+        "rounds": state.rows,
+        "best_relaxed_ticket": best,
+    }
