@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
 from lightning_tickets.layout import mask_store_for, named_parameters
+from lightning_tickets.loops import early_stopper, run_missed_validation
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.report import relative_score
 from lightning_tickets.rewind import RewindPoint, reset_optimizers
@@ -222,13 +223,15 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
                 f"[lightning-tickets] resumed run {st.run_id or '(no id)'} in round {st.round} at sparsity "
                 f"{self.sparsities[min(st.round, self.num_rounds - 1)]:.2%}"
             )
+            self._catch_up(trainer, pl_module)
             return
         st.settings, st.scope_names = self._settings(), list(params)
         # θ0 must be identical on every rank (rank 0's): before the snapshot
         self._run.store.broadcast_weights(all_params)
         if self.rewind.kind == "init":
             st.snapshot = self._take_snapshot(pl_module)
-        st.round_start_step, st.round_start_epoch = trainer.global_step, trainer.current_epoch
+        st.epoch = trainer.current_epoch
+        st.round_start_step, st.round_start_epoch = trainer.global_step, st.epoch
         n = sum(p.numel() for p in params.values())
         rank_zero_info(
             f"[lightning-tickets] IMP over {len(params)} tensors / {n:,} weights (scope {self.scope.name!r}"
@@ -267,6 +270,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st = self.state
         if st.finished:
             return
+        st.epoch_end_pending = batch_idx + 1 >= trainer.num_training_batches
         done = trainer.global_step - st.round_start_step
         if self.rewind.kind == "step" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
@@ -283,10 +287,20 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
                 self._finish_round(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == self.state.last_epoch_end_step:
+            return  # Lightning re-runs the epoch end of a checkpoint saved there: already done
+        self._epoch_end(trainer, pl_module)
+        self._warn_if_stopped_early(trainer)
+
+    def _epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The end of epoch ``state.epoch`` (the callback counts epoch ends itself: Lightning runs an epoch end twice
+        around a checkpoint saved there, and skips it for one saved at the epoch's last batch end)."""
         st = self.state
+        st.epoch_end_pending, st.last_epoch_end_step, epoch = False, trainer.global_step, st.epoch
+        st.epoch += 1
         if st.finished:
             return
-        done = trainer.current_epoch + 1 - st.round_start_epoch
+        done = epoch + 1 - st.round_start_epoch
         if self.rewind.kind == "epoch" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
         if self.epochs_per_round is None or done < self.epochs_per_round:
@@ -294,16 +308,37 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st.boundary = True
         if self._scored() and st.last_val_step != trainer.global_step:
             raise RuntimeError(
-                f"round {st.round} ended after epoch {trainer.current_epoch} but validation did not run at its "
-                f"end, so its score ({self.monitor!r}) is unknown; set check_val_every_n_epoch to a divisor of "
+                f"round {st.round} ended after epoch {epoch} but validation did not run at its end, so its score "
+                f"({self.monitor!r}) is unknown; set check_val_every_n_epoch to a divisor of "
                 f"epochs_per_round={self.epochs_per_round}"
             )
         self._finish_round(trainer, pl_module)
 
+    def _catch_up(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After a resume: do what Lightning skipped because the checkpoint was saved at a batch end (the validation
+        that scores a round that ended there; the end of an epoch whose last batch it was)."""
+        st = self.state
+        epoch_end_skipped = st.epoch_end_pending and st.last_val_step != trainer.global_step  # else: val-end ckpt
+        if st.finished:
+            return
+        if self.steps_per_round is not None:
+            unscored = st.boundary and not st.pending_transition
+        else:
+            unscored = epoch_end_skipped and st.epoch + 1 - st.round_start_epoch >= self.epochs_per_round
+        if unscored and self._scored():
+            run_missed_validation(trainer)  # steps mode: -> on_validation_end -> _finish_round
+        if epoch_end_skipped:
+            self._epoch_end(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._loaded is not None:  # resumed at the very last step: Lightning skipped training (and its hooks)
+            self.on_train_start(trainer, pl_module)
+            self.on_train_end(trainer, pl_module)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         st = self.state
-        if not st.finished:
+        if not st.finished and not self._warn_if_stopped_early(trainer):
             rank_zero_warn(
                 f"training stopped before IMP finished: {len(st.rows)} of {self.num_rounds} rounds have a score "
                 f"(sparsities {self.round_plan.describe()}). Resume from a checkpoint or raise max_epochs/max_steps."
@@ -311,6 +346,20 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         if trainer.is_global_zero:
             self._ticket_dir().write_summary(self._summary())
             print(self._ticket_dir().report(self._summary(), self.plot), flush=True)
+
+    def _warn_if_stopped_early(self, trainer: pl.Trainer) -> bool:
+        """Say, once and when it happens, that another callback (EarlyStopping) stopped the fit before IMP ended."""
+        st = self.state
+        stopper = early_stopper(trainer) if trainer.should_stop and not st.finished else None
+        if stopper is not None and not st.early_stop_warned:
+            st.early_stop_warned = True
+            rank_zero_warn(
+                f"{type(stopper).__name__}(monitor={getattr(stopper, 'monitor', None)!r}) stopped the fit in round "
+                f"{st.round} of {self.num_rounds} (sparsity {self.sparsities[st.round]:.2%}): IMP did not finish. "
+                "EarlyStopping compares scores across rounds of different sparsities; remove it (docs/callback.md, "
+                "'With EarlyStopping and ModelCheckpoint') and resume from a checkpoint"
+            )
+        return stopper is not None
 
     def _scored(self) -> bool:
         return self._run is not None and self._run.validates and self.monitor is not None
@@ -335,7 +384,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             "relative": relative_score(score, st.dense_score),
             "ticket": self._ticket_dir().round_path(st.round).name,
             "step": trainer.global_step,
-            "epoch": trainer.current_epoch,
+            "epoch": st.epoch,
         }
         st.rows.append(row)
         full = store.full_masks(masks)  # a collective on sharded layouts: every rank takes part
@@ -375,7 +424,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st.masks = new
         store.apply(new)
         st.round = nxt
-        st.round_start_step, st.round_start_epoch = trainer.global_step, trainer.current_epoch
+        st.round_start_step, st.round_start_epoch = trainer.global_step, st.epoch
         st.pending_transition = False
         st.pending_optimizer_reset = self.reset_optimizer
         st.last_masked_step = trainer.global_step

@@ -145,3 +145,15 @@ def test_ticket_argument_builds_a_fixed_ticket_callback(tmp_path):
     cb = LotteryTicketCallback(ticket=str(tmp_path / "t.safetensors"), ticket_mask="random")
     assert isinstance(cb, FixedTicketCallback) and cb.ticket_mask == "random"
     assert not math.isnan(cb.tolerance)
+
+
+def test_early_stopping_before_the_last_round_is_reported_when_it_happens(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stop = EarlyStopping(monitor="val/acc", mode="max", stopping_threshold=0.0)  # stops at the first validation
+    cb = _cb(tmp_path, monitor="val/acc")
+    with pytest.warns(UserWarning, match=r"EarlyStopping\(monitor='val/acc'\) stopped the fit in round 0 of 3") as rec:
+        _trainer([cb, stop], tmp_path).fit(ToyClassifier(), ToyDataModule(**DATA))
+    assert not cb.state.finished and len(cb.results) == 1
+    assert not any("training stopped before IMP finished" in str(w.message) for w in rec)  # said once, precisely
+    assert cb.state.early_stop_warned
