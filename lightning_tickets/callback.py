@@ -24,8 +24,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
+from lightning_tickets.fixed_ticket import FixedTicketDispatch
 from lightning_tickets.layout import mask_store_for, named_parameters
-from lightning_tickets.loops import early_stopper, run_missed_validation
+from lightning_tickets.loops import run_missed_validation, warn_if_stopped_early
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.report import relative_score
 from lightning_tickets.rewind import RewindPoint, reset_optimizers
@@ -40,19 +41,7 @@ __all__ = ["LotteryTicketCallback", "steps_per_round"]
 steps_per_round = round_length
 
 
-class _FixedTicketDispatch(type):
-    """``LotteryTicketCallback(ticket=PATH, ...)`` builds a :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback`
-    (done in the metaclass, so ``__init__``'s signature stays what LightningCLI / jsonargparse read)."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls.__name__ == "LotteryTicketCallback" and kwargs.get("ticket") is not None:
-            from lightning_tickets.fixed_ticket import FixedTicketCallback
-
-            return FixedTicketCallback(*args, **kwargs)
-        return super().__call__(*args, **kwargs)
-
-
-class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
+class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
     r"""Find lottery tickets by iterative magnitude pruning (IMP) with rewinding, inside ``Trainer.fit``.
 
     Round 0 trains dense. At the end of every round the monitored score is recorded and the round's ticket is
@@ -84,17 +73,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         mode: ``"max"`` or ``"min"``: which direction of ``monitor`` is better.
         tolerance: relaxed winning ticket = ``score >= tolerance * dense`` (``mode="max"``).
         ticket_dir: directory for ``round-RR.safetensors`` tickets and ``summary.json``.
-        ticket: path of an existing ticket: train with that mask fixed (no pruning rounds). The constructor then
-            returns a :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback` (same arguments).
-        ticket_remap: prefix remapping of the fixed ticket's names (see :meth:`Ticket.apply`).
-        ticket_mask: with ``ticket``: train the ticket's own mask (``"ticket"``), a random mask of the same global
-            sparsity (``"random"``) or of the same per-tensor sparsities (``"random_matched"``) — the RP baseline.
-        ticket_weights: with ``ticket``: the weights the mask is applied to: ``"init"`` (the model's weights at fit
-            start), ``"shuffled"`` (θ″, shuffled within each tensor), ``"reinit"`` (random re-initialisation), or
-            the path of a checkpoint (θ′: ``.safetensors``, ``.ckpt`` or ``torch.save`` file, keys = parameter
-            names), loaded with ``torch.load(weights_only=True)``.
-        trust_checkpoint: with ``ticket_weights=PATH``: allow a ``.ckpt`` / ``.pt`` that needs a full unpickle
-            (which can run code from the file); only for files you trust.
+        ticket, ticket_remap, ticket_mask, ticket_weights, trust_checkpoint: fixed-ticket training (the paper's
+            baselines): with ``ticket=PATH`` the constructor returns a
+            :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback`, which documents them.
         overwrite: allow a non-empty ``ticket_dir`` from another run (its ticket files are removed first).
         seed: seed of the random-pruning generator (``method="random"``).
         snapshot_device: where the rewind snapshot lives (``"cpu"`` keeps device memory free); checked at
@@ -138,10 +119,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         plot: bool = True,
         cpu_float_masks: bool = True,
     ) -> None:
-        if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init":
-            raise ValueError(
-                "ticket_remap / ticket_mask / ticket_weights only apply with ticket=PATH (fixed-ticket training)"
-            )
+        if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init" or trust_checkpoint:
+            raise ValueError("ticket_remap / ticket_mask / ticket_weights / trust_checkpoint need ticket=PATH")
         if (epochs_per_round is None) == (steps_per_round is None):
             raise ValueError(
                 f"give exactly one of epochs_per_round and steps_per_round (got epochs_per_round="
@@ -150,17 +129,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         if method not in ("magnitude", "random"):
             raise ValueError(f"method={method!r} is unknown; use 'magnitude' or 'random'")
         super().__init__(
-            scope=scope,
-            monitor=monitor,
-            mode=mode,
-            tolerance=tolerance,
-            ticket_dir=ticket_dir,
-            overwrite=overwrite,
-            seed=seed,
-            snapshot_device=snapshot_device,
-            plot=plot,
-            cpu_float_masks=cpu_float_masks,
-        )
+            scope=scope, monitor=monitor, mode=mode, tolerance=tolerance, ticket_dir=ticket_dir, overwrite=overwrite,
+            seed=seed, snapshot_device=snapshot_device, plot=plot, cpu_float_masks=cpu_float_masks,
+        )  # fmt: skip
         self._kind, self._nm = parse_granularity(granularity)
         if self._nm is not None:
             sparsities = nm_schedule(*self._nm, schedule, rate)
@@ -290,7 +261,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         if trainer.global_step == self.state.last_epoch_end_step:
             return  # Lightning re-runs the epoch end of a checkpoint saved there: already done
         self._epoch_end(trainer, pl_module)
-        self._warn_if_stopped_early(trainer)
+        warn_if_stopped_early(trainer, self.state, self.sparsities)
 
     def _epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The end of epoch ``state.epoch`` (the callback counts epoch ends itself: Lightning runs an epoch end twice
@@ -338,7 +309,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         st = self.state
-        if not st.finished and not self._warn_if_stopped_early(trainer):
+        if not st.finished and not warn_if_stopped_early(trainer, self.state, self.sparsities):
             rank_zero_warn(
                 f"training stopped before IMP finished: {len(st.rows)} of {self.num_rounds} rounds have a score "
                 f"(sparsities {self.round_plan.describe()}). Resume from a checkpoint or raise max_epochs/max_steps."
@@ -346,20 +317,6 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         if trainer.is_global_zero:
             self._ticket_dir().write_summary(self._summary())
             print(self._ticket_dir().report(self._summary(), self.plot), flush=True)
-
-    def _warn_if_stopped_early(self, trainer: pl.Trainer) -> bool:
-        """Say, once and when it happens, that another callback (EarlyStopping) stopped the fit before IMP ended."""
-        st = self.state
-        stopper = early_stopper(trainer) if trainer.should_stop and not st.finished else None
-        if stopper is not None and not st.early_stop_warned:
-            st.early_stop_warned = True
-            rank_zero_warn(
-                f"{type(stopper).__name__}(monitor={getattr(stopper, 'monitor', None)!r}) stopped the fit in round "
-                f"{st.round} of {self.num_rounds} (sparsity {self.sparsities[st.round]:.2%}): IMP did not finish. "
-                "EarlyStopping compares scores across rounds of different sparsities; remove it (docs/callback.md, "
-                "'With EarlyStopping and ModelCheckpoint') and resume from a checkpoint"
-            )
-        return stopper is not None
 
     def _scored(self) -> bool:
         return self._run is not None and self._run.validates and self.monitor is not None

@@ -12,9 +12,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["early_stopper", "run_missed_validation"]
+from lightning.pytorch.utilities import rank_zero_warn
+
+__all__ = ["early_stopper", "run_missed_validation", "warn_if_stopped_early"]
 
 
 def run_missed_validation(trainer: Any) -> None:
@@ -34,3 +37,18 @@ def early_stopper(trainer: Any) -> Any:
     from lightning.pytorch.callbacks import EarlyStopping
 
     return next((cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, EarlyStopping)), None)
+
+
+def warn_if_stopped_early(trainer: Any, state: Any, sparsities: Sequence[float]) -> bool:
+    """Say, once and when it happens, that ``EarlyStopping`` stopped the fit before IMP's last round; return whether
+    it did (``state`` is the callback's :class:`~lightning_tickets.state.RunState`)."""
+    stopper = early_stopper(trainer) if trainer.should_stop and not state.finished else None
+    if stopper is not None and not state.early_stop_warned:
+        state.early_stop_warned = True
+        rank_zero_warn(
+            f"{type(stopper).__name__}(monitor={getattr(stopper, 'monitor', None)!r}) stopped the fit in round "
+            f"{state.round} of {len(sparsities)} (sparsity {sparsities[state.round]:.2%}): IMP did not finish. "
+            "EarlyStopping compares scores across rounds of different sparsities; remove it (docs/callback.md, "
+            "'With EarlyStopping and ModelCheckpoint') and resume from a checkpoint"
+        )
+    return stopper is not None
