@@ -120,7 +120,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         cpu_float_masks: bool = True,
     ) -> None:
         if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init" or trust_checkpoint:
-            raise ValueError("ticket_remap / ticket_mask / ticket_weights / trust_checkpoint need ticket=PATH")
+            raise ValueError(
+                "ticket_remap / ticket_mask / ticket_weights / trust_checkpoint only apply with ticket=PATH"
+            )
         if (epochs_per_round is None) == (steps_per_round is None):
             raise ValueError(
                 f"give exactly one of epochs_per_round and steps_per_round (got epochs_per_round="
