@@ -46,7 +46,7 @@ from ticket_quality import TestAtRoundEnd, per_seed_table
 from ticket_quality import build as build_seeded
 
 from lightning_tickets import LotteryTicketCallback
-from lightning_tickets.adversarial import AdversarialConfig
+from lightning_tickets.tasks.adversarial import AdversarialConfig
 
 METHODS = ("standard", "adversarial")
 

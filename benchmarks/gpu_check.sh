@@ -2,7 +2,7 @@
 # Sharded-training check on a GPU machine (about 1-2 minutes; every step has a timeout, 5 minutes in all at most).
 #
 # Runs LotteryTicketCallback with ModelParallelStrategy + FSDP2 (fully_shard) on CUDA/NCCL and compares it with
-# DDP on the same seed and data (tests/sharded_run.py, the script behind tests/test_sharded.py on CPU/gloo):
+# DDP on the same seed and data (tests/helpers/sharded_run.py, the script behind tests/test_sharded.py on CPU/gloo):
 #   1. IMP, 3 rounds to 75%: DDP, then FSDP2 -> the saved tickets must agree (exactly, or report the difference);
 #   2. fixed-ticket mode under FSDP2 with DDP's last ticket -> local masks are the ticket's shards, pruned weights 0.
 # Uses min(2, number of GPUs) devices (1 GPU: world size 1, which still exercises DTensor / NCCL on CUDA).
@@ -38,7 +38,7 @@ run() {  # run NAME ARGS...: one Lightning fit (its processes are launched by Li
     shift
     mkdir -p "$OUT/$name"
     local t0=$SECONDS
-    if ! (cd "$OUT/$name" && timeout 150 "$PY" "$REPO/tests/sharded_run.py" "$@" >log.txt 2>&1); then
+    if ! (cd "$OUT/$name" && timeout 150 "$PY" "$REPO/tests/helpers/sharded_run.py" "$@" >log.txt 2>&1); then
         echo "gpu_check: FAILED step $name; last lines of $OUT/$name/log.txt:" >&2
         tail -40 "$OUT/$name/log.txt" >&2
         exit 1

@@ -8,7 +8,17 @@ Example:
 """
 
 from lightning_tickets.__about__ import __version__
-from lightning_tickets.callback import LotteryTicketCallback, steps_per_round
+from lightning_tickets.callback import LotteryTicketCallback
+from lightning_tickets.fixed_ticket import FixedTicketCallback
+from lightning_tickets.schedule import round_length, steps_per_round
 from lightning_tickets.ticket import Ticket, TicketError
 
-__all__ = ["LotteryTicketCallback", "Ticket", "TicketError", "__version__", "steps_per_round"]
+__all__ = [
+    "FixedTicketCallback",
+    "LotteryTicketCallback",
+    "Ticket",
+    "TicketError",
+    "__version__",
+    "round_length",
+    "steps_per_round",
+]

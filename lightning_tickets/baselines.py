@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_tickets.fileio import CheckpointError, UnsafeCheckpointError, load_state_dict_file
 from lightning_tickets.masks import global_magnitude_masks, layerwise_magnitude_masks, random_masks
 from lightning_tickets.scope import ScopeSpec, resolve_scope
 from lightning_tickets.ticket import Ticket, TicketError
@@ -139,25 +140,35 @@ def load_weights(
     remap: Mapping[str, str] | None = None,
     names: list[str] | None = None,
     strict: bool = False,
+    trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """θ′: copy weights from another checkpoint into ``model`` by name (with prefix ``remap``), in place.
 
     ``source`` is a state dict, a ``.safetensors`` file, a Lightning ``.ckpt`` (its ``state_dict``) or a ``torch.save``
-    file. Only ``names`` are copied when given. Returns a report ``{"matched": [...], "missing": [...],
+    file. Pickled files are read with ``torch.load(weights_only=True)``, so they cannot run code; a file that needs
+    a full unpickle is refused unless ``trust_checkpoint=True`` (only for files you trust: unpickling can run code).
+    Only ``names`` are copied when given. Returns a report ``{"matched": [...], "missing": [...],
     "unexpected": [...], "shape_mismatch": [...]}``; ``strict=True`` turns missing names or shape mismatches into a
     :class:`TicketError`.
+
+    Raises:
+        lightning_tickets.fileio.UnsafeCheckpointError: the file needs a full unpickle and ``trust_checkpoint`` is
+            False (the message names the opt-in).
+        TicketError: the file is missing, corrupt or holds no state dict; or (``strict``) names do not match.
+
+    Example:
+        >>> import torch
+        >>> src, dst = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        >>> load_weights(dst, src.state_dict())["matched"]
+        ['weight', 'bias']
     """
     if not isinstance(source, Mapping):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise TicketError(f"weight source {path!r} does not exist; pass a local checkpoint file")
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd: Mapping[str, torch.Tensor] = load_file(path)
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-            sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+        try:
+            sd: Mapping[str, torch.Tensor] = load_state_dict_file(source, trust_checkpoint, what="weight source")
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as e:
+            raise TicketError(str(e)) from e
     else:
         sd = source
     remap = dict(remap or {})

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning_tickets.fileio import atomic_write
 
 
 def keeps_score(score: float | None, dense_score: float | None, tolerance: float, mode: str) -> bool:
@@ -46,21 +46,12 @@ def best_relaxed_ticket(
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON through a temporary file in the same directory, then rename."""
+    """Write JSON through a temporary file in the same directory, fsync, then rename
+    (:func:`lightning_tickets.fileio.atomic_write`); the file's mode follows the umask like any new file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, binary=False) as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
     return path
 
 

@@ -19,9 +19,7 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,31 +28,26 @@ from typing import Any
 import torch
 
 from lightning_tickets.__about__ import __version__
-from lightning_tickets.bits import pack_bits, unpack_bits
+from lightning_tickets.fileio import atomic_write
+from lightning_tickets.ticket_format import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    RESERVED,
+    TicketError,
+    build_header,
+    mask_sparsity,
+    read_ticket_file,
+)
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "Ticket", "TicketError"]
 
-#: Version of the on-disk layout written by :meth:`Ticket.save`; :meth:`Ticket.load` reads this version and older.
-FORMAT_VERSION = 1
-#: The one safetensors header metadata key that marks a file as a ticket.
-METADATA_KEY = "lightning_tickets"
-_RESERVED = ("format_version", "library_version", "tensors", "sparsity")
 _SHOW = 10  # how many names an error message lists
-
-
-class TicketError(ValueError):
-    """A ticket could not be built, saved, loaded, applied or compared; the message says what to do."""
 
 
 def _names(names: Iterable[str], limit: int = _SHOW) -> str:
     names = list(names)
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _sparsity(mask: torch.Tensor) -> float:
-    n = mask.numel()
-    return (n - int(mask.count_nonzero())) / n if n else 0.0
 
 
 class Ticket:
@@ -87,7 +80,7 @@ class Ticket:
                 raise TicketError(f"mask {name!r} must be a bool tensor, got {got}; convert it with `mask != 0`")
             self.masks[name] = mask.detach().to("cpu", copy=True)
         self.metadata: dict[str, Any] = dict(metadata or {})
-        reserved = [k for k in _RESERVED if k in self.metadata]
+        reserved = [k for k in RESERVED if k in self.metadata]
         if reserved:
             raise TicketError(f"metadata keys {reserved} are reserved by the ticket format; rename them")
         self.format_version: int = FORMAT_VERSION
@@ -112,7 +105,7 @@ class Ticket:
 
     def tensor_sparsity(self) -> dict[str, float]:
         """Return ``{name: fraction pruned}`` for each mask."""
-        return {name: _sparsity(m) for name, m in self.masks.items()}
+        return {name: mask_sparsity(m) for name, m in self.masks.items()}
 
     def profile(self) -> list[dict[str, Any]]:
         """Per-tensor rows ``{name, shape, numel, kept, sparsity}``, e.g. for a per-layer sparsity table.
@@ -128,7 +121,7 @@ class Ticket:
                 "shape": list(m.shape),
                 "numel": m.numel(),
                 "kept": int(m.count_nonzero()),
-                "sparsity": _sparsity(m),
+                "sparsity": mask_sparsity(m),
             }
             for name, m in self.masks.items()
         ]
@@ -172,23 +165,12 @@ class Ticket:
         return cls({n: p.detach() != 0 for n, p in selected.items()}, metadata)
 
     # ------------------------------------------------------------------ I/O
-    def _header(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "library_version": __version__,
-            "tensors": [
-                {"name": n, "shape": list(m.shape), "sparsity": _sparsity(m), "numel": m.numel()}
-                for n, m in self.masks.items()
-            ],
-            "sparsity": self.sparsity,
-            **self.metadata,
-        }
-
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the ticket to a safetensors file, atomically, creating parent directories.
 
         The data goes to a temporary file in the same directory, is fsync'ed, then moved over ``path`` with
-        :func:`os.replace`, so an existing file is only replaced by a complete one.
+        :func:`os.replace` (:func:`lightning_tickets.fileio.atomic_write`), so an existing file is only replaced by
+        a complete one. Each tensor's entry records a CRC-32 checksum that :meth:`load` verifies.
 
         Returns:
             The path written.
@@ -199,108 +181,23 @@ class Ticket:
         from safetensors.torch import save as st_save
 
         path = Path(path)
-        try:
-            header = json.dumps(self._header())
-        except (TypeError, ValueError) as e:
-            raise TicketError(f"ticket metadata is not JSON-serialisable ({e}); use plain numbers/strings/lists") from e
-        data = st_save({n: pack_bits(m) for n, m in self.masks.items()}, metadata={METADATA_KEY: header})
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        try:  # make the rename itself durable (POSIX); best effort elsewhere
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
-            return path
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+        header, packed = build_header(self.masks, self.metadata)
+        data = st_save(packed, metadata={METADATA_KEY: header})
+        with atomic_write(path) as f:
+            f.write(data)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Ticket:
-        """Read a ticket written by :meth:`save`.
+        """Read a ticket written by :meth:`save` (this format or an older one) and check every field.
 
         Raises:
-            TicketError: if the file is missing, truncated or corrupt, is not a ticket file, was written by a newer
-                format version, or a tensor is missing or does not match its recorded shape.
+            TicketError: if the file is missing or not a regular file, truncated or corrupt, is not a ticket file,
+                was written by a newer format version, fails a per-tensor checksum, or its metadata is invalid or
+                disagrees with the tensors (unlisted, duplicate or missing tensors, bad shapes or sparsities).
         """
-        from safetensors import safe_open
-
-        path = Path(path)
-        where = f"ticket file {str(path)!r}"
-        if not path.exists():
-            raise TicketError(f"{where} does not exist; check the path (tickets are saved as .safetensors files)")
-        if path.is_dir():
-            raise TicketError(f"{where} is a directory; pass the path of a ticket .safetensors file inside it")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = (f.metadata() or {}).get(METADATA_KEY)
-                if header is None:
-                    raise TicketError(
-                        f"{where} is a safetensors file but not a lightning-tickets ticket (no {METADATA_KEY!r} "
-                        "header metadata); build a ticket with Ticket(masks) or Ticket.from_model(model) and save it"
-                    )
-                stored = {n: f.get_tensor(n) for n in f.keys()}
-        except TicketError:
-            raise
-        except Exception as e:  # safetensors raises its own error type (and OSError) on truncated/corrupt files
-            raise TicketError(f"{where} is truncated or corrupt ({e}); re-save or re-download it") from e
-
-        try:
-            info = json.loads(header)
-        except ValueError as e:
-            raise TicketError(f"{where} has unreadable {METADATA_KEY!r} metadata ({e}); the file is corrupt") from e
-        if not isinstance(info, dict) or not isinstance(info.get("tensors"), list):
-            raise TicketError(f"{where} has malformed {METADATA_KEY!r} metadata (no 'tensors' list); file is corrupt")
-        version = info.get("format_version")
-        if not isinstance(version, int):
-            raise TicketError(f"{where} has no valid format_version ({version!r}); the file is corrupt")
-        if version > FORMAT_VERSION:
-            raise TicketError(
-                f"{where} uses ticket format {version}, written by lightning-tickets "
-                f"{info.get('library_version', '?')}; this is lightning-tickets {__version__} (format "
-                f"{FORMAT_VERSION}). Upgrade: pip install -U lightning-tickets"
-            )
-
-        masks: dict[str, torch.Tensor] = {}
-        for entry in info["tensors"]:
-            try:
-                name, shape = str(entry["name"]), [int(s) for s in entry["shape"]]
-            except (TypeError, KeyError, ValueError) as e:
-                raise TicketError(f"{where} has a malformed tensor entry {entry!r}; the file is corrupt") from e
-            if name not in stored:
-                raise TicketError(
-                    f"{where} lists tensor {name!r} in its metadata but the tensor is absent; the file is corrupt "
-                    "or was edited, re-save it"
-                )
-            try:
-                mask = unpack_bits(stored[name], shape)
-            except ValueError as e:
-                raise TicketError(f"{where}: tensor {name!r} does not match its recorded shape {shape}: {e}") from e
-            recorded = entry.get("sparsity")
-            if isinstance(recorded, (int, float)) and mask.numel():
-                if abs(recorded - _sparsity(mask)) * mask.numel() > 0.5:
-                    raise TicketError(
-                        f"{where}: tensor {name!r} has sparsity {_sparsity(mask):.6f} but the metadata records "
-                        f"{recorded:.6f}; the mask bytes are corrupt, re-save it"
-                    )
-            masks[name] = mask
-        if not masks:
-            raise TicketError(f"{where} lists no tensors; the file is corrupt")
-
-        metadata = {k: v for k, v in info.items() if k not in _RESERVED}
+        masks, info, version = read_ticket_file(path)
+        metadata = {k: v for k, v in info.items() if k not in RESERVED}
         ticket = cls(masks, metadata)
         ticket.format_version = version
         ticket.library_version = str(info.get("library_version", "unknown"))

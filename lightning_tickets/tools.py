@@ -8,21 +8,29 @@ Usage::
     lightning-tickets ticket plot imp/summary.json rp/summary.json --labels IMP RP --out imp_vs_rp.png
 
 ``apply`` writes a plain state dict (safetensors, or ``torch.save`` for other suffixes) with the pruned weights set
-to zero; it loads with ``model.load_state_dict`` without this library.
+to zero; it loads with ``model.load_state_dict`` without this library. The output is written atomically (temp file +
+replace) and may not be one of the inputs. Pickled checkpoints are read with ``torch.load(weights_only=True)``; one
+that needs more is refused unless ``--trust-checkpoint`` is given (a full unpickle can run code from the file).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from lightning_tickets.fileio import CheckpointError, atomic_write, check_regular_file, load_state_dict_file
 from lightning_tickets.report import plot_summary
 from lightning_tickets.ticket import Ticket, TicketError
+
+
+class _ToolError(ValueError):
+    """A bad input to a ``ticket`` command that is not a ticket (e.g. a corrupt ``summary.json``)."""
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -70,7 +78,8 @@ def _compare(args: argparse.Namespace) -> int:
     for i, s in enumerate(labels):
         print(f"{s:<{width}}  " + "  ".join(f"{matrix[i][j]:>{max(6, len(labels[j]))}.3f}" for j in range(n)))
     if args.json:
-        Path(args.json).write_text(json.dumps({"labels": labels, "iou": matrix}, indent=2))
+        with atomic_write(args.json, binary=False) as f:
+            f.write(json.dumps({"labels": labels, "iou": matrix}, indent=2))
     if args.png:
         import matplotlib
 
@@ -86,26 +95,38 @@ def _compare(args: argparse.Namespace) -> int:
                 ax.text(j, i, f"{matrix[i][j]:.2f}", ha="center", va="center", color="w" if matrix[i][j] < 0.6 else "k")
         fig.colorbar(im, ax=ax, label="IoU of kept weights")
         fig.tight_layout()
-        fig.savefig(args.png, dpi=120)
+        with atomic_write(args.png) as f:
+            fig.savefig(f, dpi=120, format="png")
         print(f"heatmap: {args.png}")
     return 0
 
 
-def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file (same resolved path, or same inode via links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
-        return dict(load_file(path))
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict):
-        raise SystemExit(f"{path} holds no state dict (expected a .ckpt, torch.save'd dict or .safetensors file)")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+def _check_output(out: Path, inputs: dict[str, str]) -> None:
+    for what, src in inputs.items():
+        if _same_file(out, Path(src)):
+            raise TicketError(
+                f"output {str(out)!r} is the same file as the input {what} {src!r}; writing it would destroy the "
+                "input. Choose another output path"
+            )
+    if out.is_dir():
+        raise TicketError(f"output {str(out)!r} is a directory; pass a file path such as {str(out / 'pruned.pt')!r}")
 
 
 def _apply(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    _check_output(out, {"ticket": args.ticket, "checkpoint": args.checkpoint})
     t = Ticket.load(args.ticket)
-    sd = _load_state_dict(args.checkpoint)
+    sd = load_state_dict_file(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     remap = dict(item.split("=", 1) for item in args.remap or [])
 
     def mapped(name: str) -> str:
@@ -127,20 +148,49 @@ def _apply(args: argparse.Namespace) -> int:
     for name, mask in t.masks.items():
         key = mapped(name)
         sd[key] = sd[key].masked_fill(~mask, 0).contiguous()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_write(out) as f:  # temp file + fsync + replace: a kill never leaves a partial output
+        if out.suffix == ".safetensors":
+            from safetensors.torch import save
 
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(out))
-    else:
-        torch.save(sd, out)
+            f.write(save({k: v.contiguous() for k, v in sd.items()}))
+        else:
+            torch.save(sd, f)
     print(f"wrote {out}: {len(sd)} tensors, {len(t.masks)} pruned to sparsity {t.sparsity:.2%}")
     return 0
 
 
+def _is_row(row: object) -> bool:
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("sparsity"), (int, float))
+        and isinstance(row.get("score"), (int, float, type(None)))
+    )
+
+
+def _read_summary(path: str) -> dict:
+    """A ``summary.json`` as a dict with a ``rounds`` list, or a one-line :class:`_ToolError`."""
+    check_regular_file(path, "summary file", _ToolError)
+    try:
+        data = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _ToolError(f"summary file {path!r} is not valid JSON ({e}); pass a summary.json written by a run") from e
+    rows = data.get("rounds") if isinstance(data, dict) else None
+    best = data.get("best_relaxed_ticket") if isinstance(data, dict) else None
+    if (
+        not isinstance(rows, list)
+        or not all(_is_row(r) for r in rows)
+        or not (best is None or _is_row(best))
+        or not isinstance(data.get("dense_score"), (int, float, type(None)))
+    ):
+        raise _ToolError(
+            f"summary file {path!r} has no 'rounds' list of {{'sparsity', 'score', ...}} rows; pass a summary.json "
+            "written by a run"
+        )
+    return data
+
+
 def _plot(args: argparse.Namespace) -> int:
-    summaries = [json.loads(Path(p).read_text()) for p in args.summaries]
+    summaries = [_read_summary(p) for p in args.summaries]
     labels = args.labels or [s.get("method", Path(p).parent.name) for s, p in zip(summaries, args.summaries)]
     if len(labels) != len(summaries):
         raise SystemExit(f"--labels has {len(labels)} names for {len(summaries)} summaries")
@@ -169,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("checkpoint", help=".ckpt, torch.save'd state dict or .safetensors")
     a.add_argument("out", help="output file (.safetensors or anything else for torch.save)")
     a.add_argument("--remap", nargs="*", metavar="OLD=NEW", help="ticket-name prefix -> checkpoint-key prefix")
+    a.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="fully unpickle a checkpoint that holds more than weights (can run code from it: trusted files only)",
+    )
     a.set_defaults(fn=_apply)
     a = sub.add_parser("plot", help="score vs sparsity from summary.json files (several runs overlaid)")
     a.add_argument("summaries", nargs="+")
@@ -183,6 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.fn(args))
-    except (TicketError, FileNotFoundError) as err:
+    except (TicketError, CheckpointError, _ToolError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -106,9 +106,9 @@ class ToyClassifier(L.LightningModule):
         if self.hparams.scheduler == "none":
             return opt
         if self.hparams.scheduler == "linear":
-            from lightning_tickets.callback import steps_per_round
+            from lightning_tickets.schedule import round_length
 
-            total = steps_per_round(self.trainer) or int(self.trainer.estimated_stepping_batches)
+            total = round_length(self.trainer) or int(self.trainer.estimated_stepping_batches)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(1, total)))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if self.hparams.scheduler == "step":

@@ -42,3 +42,41 @@ def load_benchmark():
         return mod
 
     return load
+
+
+@pytest.fixture
+def quick_trainer(tmp_path):
+    """``quick_trainer(callbacks=(), **overrides)``: a quiet Trainer of 2 epochs x 2 training batches and 1
+    validation batch, without logger, checkpoints, progress bar, model summary or sanity check, under ``tmp_path``."""
+    import lightning as L
+
+    def make(callbacks=(), **overrides) -> L.Trainer:
+        settings = dict(
+            max_epochs=2,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path,
+        )
+        return L.Trainer(callbacks=list(callbacks), **{**settings, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def two_round_ticket(tmp_path):
+    """``two_round_ticket(monitor, mode="max")``: an IMP callback of two one-epoch rounds (dense, then 50 %),
+    tickets in ``tmp_path / "t"``."""
+    from lightning_tickets import LotteryTicketCallback
+
+    def make(monitor: str | None, mode: str = "max") -> LotteryTicketCallback:
+        return LotteryTicketCallback(
+            target_sparsity=0.5, rate=0.5, epochs_per_round=1, monitor=monitor, mode=mode,
+            ticket_dir=str(tmp_path / "t"), plot=False,
+        )  # fmt: skip
+
+    return make

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers.launch import run_helper
 
 from lightning_tickets import Ticket
-
-SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 
 @pytest.mark.parametrize(("strategy", "method"), [("ddp", "magnitude"), ("ddp_spawn", "random")])
 def test_ddp_ranks_agree_on_masks_theta0_and_weights(tmp_path, strategy, method):
-    # a clean launch environment: nothing inherited from earlier in-process runs (ports, ranks, seeds)
-    drop = ("PL_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_", "NODE_RANK", "GROUP_RANK", "TORCHELASTIC", "LT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), strategy, str(tmp_path), method],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_helper("ddp_run.py", "toy", strategy, tmp_path, method, cwd=tmp_path, timeout=300)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     for key in ("theta0", "snapshot", "masks", "final"):

@@ -7,16 +7,15 @@ Lightning runs are seeded so that FSDP2 and DDP train bit-identically: FSDP2's t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers.launch import free_port, run_helper
+from helpers.sharded_blocks_run import make_model
+from helpers.sharded_run import MODEL, ShardedToy
 
 from lightning_tickets import LotteryTicketCallback, Ticket
 from lightning_tickets.masks import compute_masks, sparsity_of
@@ -28,27 +27,6 @@ from lightning_tickets.sharded import (
     scatter_masks,
     sharded_masks,
 )
-
-HERE = Path(__file__).parent
-_DROP = ("PL_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_", "NODE_RANK", "GROUP_RANK", "TORCHELASTIC", "LT_")
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_DROP)}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(args: list[str], cwd: Path) -> None:
-    cwd.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=400, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
 
 
 def _cat(r0: dict, r1: dict, n: str) -> torch.Tensor:
@@ -95,9 +73,7 @@ def test_strategy_check_accepts_model_parallel_and_still_refuses_fsdp1():
 
 # ---------------------------------------------------------------------- raw FSDP2 on 2 gloo processes
 def test_building_blocks_on_fsdp2_shards_equal_unsharded(tmp_path):
-    _run([str(HERE / "sharded_blocks_run.py"), str(tmp_path), str(_free_port())], tmp_path)
-    sys.path.insert(0, str(HERE))
-    from sharded_blocks_run import make_model
+    run_helper("sharded_blocks_run.py", tmp_path, free_port(), cwd=tmp_path)
 
     r0, r1 = (torch.load(tmp_path / f"r{r}.pt", weights_only=False) for r in (0, 1))
     model = make_model()
@@ -143,8 +119,8 @@ def test_building_blocks_on_fsdp2_shards_equal_unsharded(tmp_path):
 def imp_runs(tmp_path_factory):
     """IMP (3 rounds to 75%) with DDP and with FSDP2 (checkpoints every round), same seed and data."""
     root = tmp_path_factory.mktemp("sharded")
-    _run([str(HERE / "sharded_run.py"), "ddp", str(root / "ddp")], root / "ddp")
-    _run([str(HERE / "sharded_run.py"), "fsdp2", str(root / "fsdp2"), "--ckpt-every-round"], root / "fsdp2")
+    run_helper("sharded_run.py", "ddp", str(root / "ddp"), cwd=root / "ddp")
+    run_helper("sharded_run.py", "fsdp2", str(root / "fsdp2"), "--ckpt-every-round", cwd=root / "fsdp2")
     return root
 
 
@@ -177,9 +153,6 @@ def test_fsdp2_tickets_equal_ddp_tickets(imp_runs):
     for n, m in last.masks.items():
         assert bool((f0["final"][n][~m] == 0).all())
     # the sharded run's ticket loads into an unsharded model
-    sys.path.insert(0, str(HERE))
-    from sharded_run import MODEL, ShardedToy
-
     plain = ShardedToy(**MODEL)
     applied = last.apply(plain)
     assert set(applied) == set(last.masks)
@@ -192,7 +165,7 @@ def test_fsdp2_resume_mid_imp_is_bit_identical(imp_runs, tmp_path):
     shutil.copytree(imp_runs / "fsdp2" / "tickets", out / "tickets")  # resume into the run's own (non-empty) dir
     ckpt = imp_runs / "fsdp2" / "ckpt" / "epoch=1.ckpt"  # end of round 1: masks + snapshot in the checkpoint
     assert ckpt.is_dir()  # ModelParallelStrategy's distributed checkpoint
-    _run([str(HERE / "sharded_run.py"), "fsdp2", str(out), "--resume", str(ckpt)], out)
+    run_helper("sharded_run.py", "fsdp2", str(out), "--resume", str(ckpt), cwd=out)
     a0, a1 = _dumps(imp_runs / "fsdp2")
     b0, b1 = _dumps(out)
     assert b0["results"] == a0["results"]
@@ -208,7 +181,7 @@ def test_fsdp2_resume_mid_imp_is_bit_identical(imp_runs, tmp_path):
 def test_fsdp2_fixed_ticket_scatters_a_full_ticket(imp_runs, tmp_path):
     path = imp_runs / "ddp" / "tickets" / "round-02.safetensors"
     ticket = Ticket.load(path)
-    _run([str(HERE / "sharded_run.py"), "fsdp2", str(tmp_path), "--ticket", str(path), "--max-epochs", "1"], tmp_path)
+    run_helper("sharded_run.py", "fsdp2", str(tmp_path), "--ticket", str(path), "--max-epochs", "1", cwd=tmp_path)
     f0, f1 = _dumps(tmp_path)
     for n, m in ticket.masks.items():
         assert torch.equal(_cat(f0["masks"], f1["masks"], n), m)

@@ -293,10 +293,11 @@ def test_callback_heads_granularity_prunes_whole_heads_with_floor(tmp_path):
         assert not (mask & ~round1[name]).any()
     # resume state: the masks round-trip, and another granularity is refused
     state = cb.state_dict()
-    other = LotteryTicketCallback(0.75, schedule=[0.5, 0.75], epochs_per_round=1, granularity="heads+neurons")
+    kw = dict(schedule=[0.5, 0.75], epochs_per_round=1, monitor=None)
+    other = LotteryTicketCallback(0.75, granularity="heads+neurons", **kw)
     with pytest.raises(ValueError, match="configured as"):
         other.load_state_dict(state)
-    same = LotteryTicketCallback(0.75, schedule=[0.5, 0.75], epochs_per_round=1, granularity="heads")
+    same = LotteryTicketCallback(0.75, granularity="heads", **kw)
     same.load_state_dict(state)
 
 

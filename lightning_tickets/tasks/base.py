@@ -14,8 +14,8 @@ Parameter groups (AdamW):
 
 Training step: subclasses implement :meth:`TaskModule.training_outputs` (loss + predictions of one batch, a
 :class:`StepOutput`); :meth:`TaskModule.training_step` logs and returns the loss, and with ``adversarial=``
-(:class:`~lightning_tickets.adversarial.AdversarialConfig`) adds VILLA-style adversarial training: the loss becomes
-``clean + mean adversarial loss + kl_weight * mean symmetric KL`` (see ``docs/adversarial.md``).
+(:class:`~lightning_tickets.tasks.adversarial.AdversarialConfig`) adds VILLA-style adversarial training: the loss
+becomes ``clean + mean adversarial loss + kl_weight * mean symmetric KL`` (see ``docs/adversarial.md``).
 
 Example:
     >>> import torch
@@ -39,10 +39,11 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lightning_tickets.adversarial import AdversarialConfig, Logits, SiteRecorder, adversarial_terms
 from lightning_tickets.backbones.base import VLBackbone
+from lightning_tickets.tasks.adversarial import AdversarialConfig, Logits, SiteRecorder, adversarial_terms
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,11 @@ def schedule_length(trainer: Any) -> int | None:
     """
     if trainer is None:
         return None
-    try:
-        from lightning_tickets.callback import steps_per_round
-    except ImportError:
-        steps_per_round = None
-    if steps_per_round is not None:
-        n = steps_per_round(trainer)
-        if n is not None:
-            return int(n)
+    from lightning_tickets.schedule import round_length
+
+    n = round_length(trainer)
+    if n is not None:
+        return int(n)
     try:
         n = trainer.estimated_stepping_batches
     except Exception:  # noqa: BLE001 - e.g. no dataloader attached yet
@@ -94,6 +92,53 @@ def _fused_supported(params: Iterable[torch.Tensor]) -> bool:
     return len(devices) == 1 and devices <= {"cpu", "cuda"}
 
 
+# ------------------------------------------------------------------------------------ helpers shared by the tasks
+def init_head_(module: nn.Module, std: float = 0.02) -> None:
+    """BERT-style initialisation of a task head in place: ``N(0, std)`` Linear weights, zero biases.
+
+    Example:
+        >>> head = nn.Linear(4, 2); init_head_(head); head.bias.tolist()
+        [0.0, 0.0]
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def cross_entropy_ignore(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """Mean cross-entropy over the labels ``!= ignore_index``; a graph-connected 0 when there are none.
+
+    Example:
+        >>> float(cross_entropy_ignore(torch.zeros(2, 3), torch.tensor([-1, -1])))
+        0.0
+    """
+    labels = labels.long()
+    if not bool((labels != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+
+
+class VQAHead(nn.Sequential):
+    """UNITER's VQA head: ``Linear(H, 2H) -> GELU -> LayerNorm -> Dropout -> Linear(2H, num_answers)`` (also the
+    GQA, SNLI-VE and VCR head).
+
+    Example:
+        >>> VQAHead(8, 3)(torch.zeros(2, 8)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, hidden_size: int, num_answers: int, dropout: float = 0.0) -> None:
+        super().__init__(
+            nn.Linear(hidden_size, 2 * hidden_size),
+            nn.GELU(),
+            nn.LayerNorm(2 * hidden_size, eps=1e-12),
+            nn.Dropout(dropout),
+            nn.Linear(2 * hidden_size, num_answers),
+        )
+
+
 @dataclass
 class StepOutput:
     """What :meth:`TaskModule.training_outputs` returns for one training batch.
@@ -102,7 +147,7 @@ class StepOutput:
         loss: the task loss (scalar).
         batch_size: examples in the batch (for logging).
         logits: the predictions the adversarial consistency term compares, with their distribution kind
-            (:class:`~lightning_tickets.adversarial.Logits`); empty when the task has none.
+            (:class:`~lightning_tickets.tasks.adversarial.Logits`); empty when the task has none.
         logs: extra training metrics, logged for the clean pass only (e.g. ``{"train/mlm_loss": ...}``).
 
     Example:
@@ -117,10 +162,27 @@ class StepOutput:
     logs: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
+#: The training settings every task takes through ``**kwargs`` (the keyword arguments of :class:`TaskModule`).
+TRAINING_ARGS = (
+    "lr",
+    "head_lr_multiplier",
+    "weight_decay",
+    "warmup_steps",
+    "lr_schedule",
+    "new_backbone_params",
+    "betas",
+    "eps",
+    "adversarial",
+)
+
+
 class TaskModule(L.LightningModule):
     """Base LightningModule of every task: ``backbone`` + ``head``, optimizer and LR schedule.
 
-    Subclasses build ``self.head`` after calling ``super().__init__`` and implement the steps.
+    Subclasses build ``self.head`` after calling ``super().__init__`` and implement the steps. The training
+    settings below are declared here once: a subclass takes its own arguments and passes ``**kwargs`` on
+    (``super().__init__(backbone, **kwargs)``); LightningCLI follows the ``**kwargs`` to this signature, so every
+    task's yaml still has ``model.init_args.lr``, ``model.init_args.warmup_steps``, ... (see :data:`TRAINING_ARGS`).
 
     Args:
         backbone: the vision-and-language backbone (a nested ``class_path``/``init_args`` in yaml).
@@ -135,7 +197,7 @@ class TaskModule(L.LightningModule):
             parameter-name prefixes (e.g. ``["img_embeddings."]``).
         betas: AdamW betas.
         eps: AdamW epsilon.
-        adversarial: VILLA-style adversarial training (:class:`~lightning_tickets.adversarial.AdversarialConfig`,
+        adversarial: VILLA-style adversarial training (:class:`~lightning_tickets.tasks.adversarial.AdversarialConfig`,
             or a mapping of its fields); ``None`` (default) or ``steps=0``: standard training.
     """
 

@@ -24,17 +24,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.accuracy import ArgmaxAccuracy
-from lightning_tickets.tasks.base import StepOutput, TaskModule
-from lightning_tickets.tasks.gqa import cross_entropy_ignore, init_head_
+from lightning_tickets.tasks.base import init_head_
+from lightning_tickets.tasks.classification import AccuracyTask
 
 
 class PairHead(nn.Sequential):
@@ -65,42 +64,26 @@ def pair_rows(pooled: torch.Tensor, num_pairs: int) -> torch.Tensor:
     return torch.cat([pooled[:num_pairs], pooled[num_pairs:]], dim=-1)
 
 
-class NLVR2(TaskModule):
+class NLVR2(AccuracyTask):
     """NLVR2 fine-tuning with the pair head.
 
     Args:
         backbone: any :class:`~lightning_tickets.backbones.VLBackbone`.
         image_token_types: ``[left_type, right_type]`` put into ``batch["image_token_type_idx"]`` (ViLT's NLVR2
             recipe: ``[1, 2]``); ``None`` (default) leaves the batch alone (UNITER, LXMERT).
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
-            :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the last head layer.
-        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
+        **kwargs: training settings (``lr``, ``warmup_steps``, ``adversarial``, ...), see
+            :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
         self,
         backbone: VLBackbone,
         image_token_types: list[int] | None = None,
-        lr: float = 5e-5,
-        head_lr_multiplier: float = 10.0,
-        weight_decay: float = 0.01,
-        warmup_steps: int | float = 0,
-        lr_schedule: Literal["linear", "constant"] = "linear",
-        new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
-        adversarial: AdversarialConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            lr=lr,
-            head_lr_multiplier=head_lr_multiplier,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            new_backbone_params=new_backbone_params,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, **kwargs)
         if image_token_types is not None and len(image_token_types) != 2:
             raise ValueError(f"image_token_types must be [left_type, right_type], got {image_token_types}")
         self.image_token_types = None if image_token_types is None else [int(t) for t in image_token_types]
@@ -119,34 +102,6 @@ class NLVR2(TaskModule):
             batch = {**batch, "image_token_type_idx": types}
         pooled = self.backbone(batch).pooled
         return self.head(pair_rows(pooled, num_pairs))
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the records."""
-        return cross_entropy_ignore(logits, labels)
-
-    def training_outputs(self, batch: Mapping[str, Any], batch_idx: int) -> StepOutput:
-        """Loss and pair logits (a softmax over true / false)."""
-        logits = self(batch)
-        return StepOutput(self.loss(logits, batch["labels"]), logits.shape[0], [Logits(logits)])
-
-    def _eval_step(self, batch: Mapping[str, Any], stage: str, metric: ArgmaxAccuracy) -> None:
-        logits = self(batch)
-        self.log(f"{stage}/loss", self.loss(logits, batch["labels"]), batch_size=logits.shape[0], sync_dist=True)
-        metric.update(logits, batch["labels"])
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_acc)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/acc", self.val_acc.compute(), prog_bar=True)
-        self.val_acc.reset()
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
-
-    def on_test_epoch_end(self) -> None:
-        self.log("test/acc", self.test_acc.compute())
-        self.test_acc.reset()
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         """Predicted labels ``[B]`` (1 = the sentence is true)."""

@@ -60,11 +60,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone
 from lightning_tickets.metrics.accuracy import ArgmaxAccuracy
-from lightning_tickets.tasks.base import StepOutput, TaskModule
-from lightning_tickets.tasks.gqa import init_head_
+from lightning_tickets.tasks.adversarial import Logits
+from lightning_tickets.tasks.base import StepOutput, TaskModule, init_head_
 from lightning_tickets.tasks.refexp import region_hidden_states, region_mask
 
 #: Objectives this module knows, in UNITER's order.
@@ -161,7 +160,7 @@ class Pretraining(TaskModule):
         vocab_size: vocabulary size of an untied MLM head (default: the backbone's ``config.vocab_size``).
         mrc_num_classes: detector classes of ``img_soft_label`` (1601 for the Visual Genome BUTD detector).
         seed: seed of the per-batch objective draw.
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params, adversarial: see
+        **kwargs: training settings (``lr``, ``warmup_steps``, ``adversarial``, ...), see
             :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
@@ -175,24 +174,9 @@ class Pretraining(TaskModule):
         vocab_size: int | None = None,
         mrc_num_classes: int = 1601,
         seed: int = 0,
-        lr: float = 5e-5,
-        head_lr_multiplier: float = 10.0,
-        weight_decay: float = 0.01,
-        warmup_steps: int | float = 0,
-        lr_schedule: Literal["linear", "constant"] = "linear",
-        new_backbone_params: str | Sequence[str] = "auto",
-        adversarial: AdversarialConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            lr=lr,
-            head_lr_multiplier=head_lr_multiplier,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            new_backbone_params=new_backbone_params,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, **kwargs)
         tasks = [str(t).lower() for t in tasks]
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks or len(set(tasks)) != len(tasks):

@@ -23,18 +23,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import BackboneOutput, VLBackbone
 from lightning_tickets.metrics.grounding import GroundingAccuracy
-from lightning_tickets.tasks.base import StepOutput, TaskModule
-from lightning_tickets.tasks.gqa import init_head_
+from lightning_tickets.tasks.adversarial import Logits
+from lightning_tickets.tasks.base import StepOutput, init_head_
+from lightning_tickets.tasks.classification import AccuracyTask
 
 #: Score given to padded regions (finite, so half precision and the cross-entropy stay finite).
 MASKED_SCORE = -1e4
@@ -77,41 +77,25 @@ def region_hidden_states(out: BackboneOutput, regions: torch.Tensor) -> torch.Te
     return hidden
 
 
-class ReferringExpression(TaskModule):
+class ReferringExpression(AccuracyTask):
     """RefCOCO+ fine-tuning (per-region scoring).
 
     Args:
         backbone: a region backbone (:class:`~lightning_tickets.backbones.Uniter` or LXMERT).
         iou_threshold: IoU for a right prediction (0.5).
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
-            :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout on the region states before the head.
-        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
+        **kwargs: training settings (``lr``, ``warmup_steps``, ``adversarial``, ...), see
+            :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
         self,
         backbone: VLBackbone,
         iou_threshold: float = 0.5,
-        lr: float = 5e-5,
-        head_lr_multiplier: float = 10.0,
-        weight_decay: float = 0.01,
-        warmup_steps: int | float = 0,
-        lr_schedule: Literal["linear", "constant"] = "linear",
-        new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
-        adversarial: AdversarialConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            lr=lr,
-            head_lr_multiplier=head_lr_multiplier,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            new_backbone_params=new_backbone_params,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, **kwargs)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.hidden_size, 1))
         init_head_(self.head)
         self.val_acc = GroundingAccuracy(iou_threshold)
@@ -144,20 +128,6 @@ class ReferringExpression(TaskModule):
         if "labels" in batch:
             self.log(f"{stage}/loss", self.loss(scores, batch["labels"]), batch_size=scores.shape[0], sync_dist=True)
         metric.update(self.predicted_boxes(scores, batch["img_pos_feat"]), batch["target_box"])
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_acc)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/acc", self.val_acc.compute(), prog_bar=True)
-        self.val_acc.reset()
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
-
-    def on_test_epoch_end(self) -> None:
-        self.log("test/acc", self.test_acc.compute())
-        self.test_acc.reset()
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         """Predicted boxes ``[B, 4]``."""

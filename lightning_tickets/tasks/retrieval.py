@@ -29,18 +29,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.recall import RetrievalRecall
-from lightning_tickets.tasks.base import StepOutput, TaskModule
-from lightning_tickets.tasks.gqa import init_head_
+from lightning_tickets.tasks.adversarial import Logits
+from lightning_tickets.tasks.base import StepOutput, TaskModule, init_head_
 
 
 def _as_index(value: Any, device: torch.device) -> torch.Tensor:
@@ -55,10 +54,9 @@ class ImageTextRetrieval(TaskModule):
         txt2img: ground truth of the evaluation split (caption -> image index); ``None``: ask the datamodule.
         img2txts: image -> caption indices (optional, checked against ``txt2img``).
         top_k: the K of Recall@K.
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
-            :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the score layer.
-        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
+        **kwargs: training settings (``lr``, ``warmup_steps``, ``adversarial``, ...), see
+            :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
@@ -67,25 +65,10 @@ class ImageTextRetrieval(TaskModule):
         txt2img: list[int] | None = None,
         img2txts: list[list[int]] | None = None,
         top_k: list[int] | tuple[int, ...] = (1, 5, 10),
-        lr: float = 5e-5,
-        head_lr_multiplier: float = 10.0,
-        weight_decay: float = 0.01,
-        warmup_steps: int | float = 0,
-        lr_schedule: Literal["linear", "constant"] = "linear",
-        new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
-        adversarial: AdversarialConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            lr=lr,
-            head_lr_multiplier=head_lr_multiplier,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            new_backbone_params=new_backbone_params,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, **kwargs)
         if img2txts is not None and txt2img is None:
             raise ValueError("img2txts needs txt2img too")
         self.txt2img = None if txt2img is None else [int(i) for i in txt2img]

@@ -26,19 +26,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.vcr import VCRAccuracy
-from lightning_tickets.tasks.base import StepOutput, TaskModule
-from lightning_tickets.tasks.gqa import init_head_
-from lightning_tickets.tasks.vqa import VQAHead
+from lightning_tickets.tasks.adversarial import Logits
+from lightning_tickets.tasks.base import StepOutput, TaskModule, VQAHead, init_head_
 
 
 class VCR(TaskModule):
@@ -47,35 +45,19 @@ class VCR(TaskModule):
     Args:
         backbone: any :class:`~lightning_tickets.backbones.VLBackbone`.
         num_choices: candidates per record when the batch does not say (``batch["num_choices"]`` wins).
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
-            :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the last head layer.
-        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
+        **kwargs: training settings (``lr``, ``warmup_steps``, ``adversarial``, ...), see
+            :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
         self,
         backbone: VLBackbone,
         num_choices: int = 4,
-        lr: float = 5e-5,
-        head_lr_multiplier: float = 10.0,
-        weight_decay: float = 0.01,
-        warmup_steps: int | float = 0,
-        lr_schedule: Literal["linear", "constant"] = "linear",
-        new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
-        adversarial: AdversarialConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            lr=lr,
-            head_lr_multiplier=head_lr_multiplier,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            new_backbone_params=new_backbone_params,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, **kwargs)
         self.num_choices = int(num_choices)
         self.head: nn.Module = VQAHead(backbone.hidden_size, 1, head_dropout)
         init_head_(self.head)

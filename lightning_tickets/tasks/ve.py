@@ -16,12 +16,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from typing import Any
 
-from lightning_tickets.adversarial import AdversarialConfig
 from lightning_tickets.backbones.base import VLBackbone
-from lightning_tickets.tasks.gqa import LabelClassification
+from lightning_tickets.tasks.classification import LabelClassification
 
 #: Class index -> SNLI-VE label (the batch contract's order).
 VE_LABELS = ("entailment", "neutral", "contradiction")
@@ -33,32 +31,10 @@ class VisualEntailment(LabelClassification):
     Args:
         backbone: any :class:`~lightning_tickets.backbones.VLBackbone`.
         num_classes: 3 (:data:`VE_LABELS`).
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params, head_dropout,
-            adversarial: see :class:`~lightning_tickets.tasks.gqa.LabelClassification`.
+        head_dropout: dropout before the last head layer.
+        **kwargs: training settings (``lr``, ``warmup_steps``, ``adversarial``, ...), see
+            :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
-    def __init__(
-        self,
-        backbone: VLBackbone,
-        num_classes: int = 3,
-        lr: float = 5e-5,
-        head_lr_multiplier: float = 10.0,
-        weight_decay: float = 0.01,
-        warmup_steps: int | float = 0,
-        lr_schedule: Literal["linear", "constant"] = "linear",
-        new_backbone_params: str | Sequence[str] = "auto",
-        head_dropout: float = 0.0,
-        adversarial: AdversarialConfig | None = None,
-    ) -> None:
-        super().__init__(
-            backbone,
-            num_classes=num_classes,
-            lr=lr,
-            head_lr_multiplier=head_lr_multiplier,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            new_backbone_params=new_backbone_params,
-            head_dropout=head_dropout,
-            adversarial=adversarial,
-        )
+    def __init__(self, backbone: VLBackbone, num_classes: int = 3, head_dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(backbone, num_classes=num_classes, head_dropout=head_dropout, **kwargs)

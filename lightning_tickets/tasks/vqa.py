@@ -19,30 +19,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from lightning_tickets.adversarial import AdversarialConfig, Logits
 from lightning_tickets.backbones.base import VLBackbone
 from lightning_tickets.metrics.vqa import VQAScore
-from lightning_tickets.tasks.base import StepOutput, TaskModule
+from lightning_tickets.tasks.adversarial import Logits
+from lightning_tickets.tasks.base import StepOutput, TaskModule, VQAHead, init_head_
 
-
-class VQAHead(nn.Sequential):
-    """UNITER's VQA head: ``Linear(H, 2H) -> GELU -> LayerNorm -> Dropout -> Linear(2H, num_answers)``."""
-
-    def __init__(self, hidden_size: int, num_answers: int, dropout: float = 0.0) -> None:
-        super().__init__(
-            nn.Linear(hidden_size, 2 * hidden_size),
-            nn.GELU(),
-            nn.LayerNorm(2 * hidden_size, eps=1e-12),
-            nn.Dropout(dropout),
-            nn.Linear(2 * hidden_size, num_answers),
-        )
+__all__ = ["VQA", "VQAHead"]
 
 
 class VQA(TaskModule):
@@ -51,52 +39,30 @@ class VQA(TaskModule):
     Args:
         backbone: any :class:`~lightning_tickets.backbones.VLBackbone`.
         num_answers: size of the answer vocabulary (3129 for VQA v2 as in UNITER, 13 for easy-VQA).
-        lr, head_lr_multiplier, weight_decay, warmup_steps, lr_schedule, new_backbone_params: see
-            :class:`~lightning_tickets.tasks.base.TaskModule`.
         head_dropout: dropout before the last head layer.
         loss: ``"bce"`` (UNITER: binary cross-entropy on soft scores x ``num_answers``) or ``"ce"`` (soft-target
             cross-entropy; better when every question has one answer, e.g. easy-VQA).
-        adversarial: VILLA-style adversarial training, see :class:`~lightning_tickets.tasks.base.TaskModule`.
+        **kwargs: training settings (``lr``, ``warmup_steps``, ``adversarial``, ...), see
+            :class:`~lightning_tickets.tasks.base.TaskModule`.
     """
 
     def __init__(
         self,
         backbone: VLBackbone,
         num_answers: int = 3129,
-        lr: float = 5e-5,
-        head_lr_multiplier: float = 10.0,
-        weight_decay: float = 0.01,
-        warmup_steps: int | float = 0,
-        lr_schedule: Literal["linear", "constant"] = "linear",
-        new_backbone_params: str | Sequence[str] = "auto",
         head_dropout: float = 0.0,
         loss: Literal["bce", "ce"] = "bce",
-        adversarial: AdversarialConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            lr=lr,
-            head_lr_multiplier=head_lr_multiplier,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            new_backbone_params=new_backbone_params,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, **kwargs)
         if loss not in ("bce", "ce"):
             raise ValueError(f"loss must be 'bce' or 'ce', got {loss!r}")
         self.loss_type = loss
         self.num_answers = int(num_answers)
         self.head = VQAHead(backbone.hidden_size, self.num_answers, head_dropout)
-        self._init_head()
+        init_head_(self.head)
         self.val_score = VQAScore()
         self.test_score = VQAScore()
-
-    def _init_head(self) -> None:
-        for m in self.head.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Answer logits ``[B, num_answers]``."""

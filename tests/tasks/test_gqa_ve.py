@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_tickets import LotteryTicketCallback
 from lightning_tickets.backbones import Uniter
 from lightning_tickets.metrics.accuracy import ArgmaxAccuracy
-from lightning_tickets.tasks.gqa import GQA, cross_entropy_ignore
+from lightning_tickets.tasks.base import cross_entropy_ignore
+from lightning_tickets.tasks.gqa import GQA
 from lightning_tickets.tasks.ve import VisualEntailment
 
 IMG_DIM = 8
@@ -27,21 +26,6 @@ def region_batch(b: int, num_classes: int, seed: int = 0) -> dict:
         "img_attention_mask": torch.tensor([[1, 1, 1]] + [[1, 1, 0]] * (b - 1)),
         "labels": (feat[:, 0, 0] > 0).long() % num_classes,
     }
-
-
-def fit_trainer(callbacks, tmp_path) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        default_root_dir=tmp_path,
-    )
 
 
 def test_argmax_accuracy_counts_unknown_answers_as_wrong():
@@ -94,24 +78,17 @@ def test_head_lr_multiplier_param_groups():
     assert head_ids == new_ids
 
 
-def test_gqa_two_round_ticket_fit(tmp_path):
+def test_gqa_two_round_ticket_fit(tmp_path, quick_trainer, two_round_ticket):
     torch.manual_seed(0)
     model = GQA(Uniter("tiny", img_dim=IMG_DIM), num_answers=3, lr=1e-3)
     train = DataLoader([region_batch(4, 3, seed=s) for s in range(2)], batch_size=None)
     val = DataLoader([region_batch(4, 3, seed=9)], batch_size=None)
-    cb = LotteryTicketCallback(
-        target_sparsity=0.5,
-        rate=0.5,
-        epochs_per_round=1,
-        monitor="val/acc",
-        ticket_dir=str(tmp_path / "tickets"),
-        plot=False,
-    )
-    trainer = fit_trainer([cb], tmp_path)
+    cb = two_round_ticket("val/acc")
+    trainer = quick_trainer([cb])
     trainer.fit(model, train, val)
     assert [round(r["sparsity"], 3) for r in cb.results] == [0.0, 0.5]
     assert all(0.0 <= r["score"] <= 1.0 for r in cb.results)
-    assert (tmp_path / "tickets" / "summary.json").is_file()
+    assert (tmp_path / "t" / "summary.json").is_file()
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     trainer.test(model, val, verbose=False)
     assert 0.0 <= float(trainer.callback_metrics["test/acc"]) <= 1.0

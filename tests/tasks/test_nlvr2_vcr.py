@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lightning_tickets import LotteryTicketCallback
 from lightning_tickets.backbones import BackboneOutput, Uniter, VLBackbone
 from lightning_tickets.metrics.vcr import VCRAccuracy
 from lightning_tickets.tasks.nlvr2 import NLVR2, pair_rows
@@ -41,25 +39,6 @@ def vcr_batch(b: int, seed: int = 0) -> dict:
         "rationale_label": torch.randint(0, 4, (b,), generator=g),
         "num_choices": 4,
     }
-
-
-def ticket_fit(model, train, val, monitor, tmp_path) -> LotteryTicketCallback:
-    cb = LotteryTicketCallback(
-        target_sparsity=0.5, rate=0.5, epochs_per_round=1, monitor=monitor, ticket_dir=str(tmp_path / "t"), plot=False
-    )
-    L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[cb],
-        default_root_dir=tmp_path,
-    ).fit(model, train, val)
-    return cb
 
 
 # ---------------------------------------------------------------------------------------------------- NLVR2
@@ -118,11 +97,12 @@ def test_nlvr2_training_step_and_vilt_image_types():
     assert "image_token_type_idx" not in rec.batches[-1]
 
 
-def test_nlvr2_ticket_fit(tmp_path):
+def test_nlvr2_ticket_fit(quick_trainer, two_round_ticket):
     torch.manual_seed(0)
     model = NLVR2(Uniter("tiny", img_dim=IMG_DIM), lr=1e-3)
     train = DataLoader([nlvr2_batch(2, s) for s in range(2)], batch_size=None)
-    cb = ticket_fit(model, train, DataLoader([nlvr2_batch(2, 7)], batch_size=None), "val/acc", tmp_path)
+    cb = two_round_ticket("val/acc")
+    quick_trainer([cb]).fit(model, train, DataLoader([nlvr2_batch(2, 7)], batch_size=None))
     assert [round(r["sparsity"], 3) for r in cb.results] == [0.0, 0.5]
 
 
@@ -159,10 +139,11 @@ def test_vcr_scores_loss_and_backward():
     assert model.head[-1].weight.grad is not None and model.head[-1].out_features == 1
 
 
-def test_vcr_ticket_fit_logs_q2ar(tmp_path):
+def test_vcr_ticket_fit_logs_q2ar(quick_trainer, two_round_ticket):
     torch.manual_seed(0)
     model = VCR(Uniter("tiny", img_dim=IMG_DIM), lr=1e-3)
     train = DataLoader([vcr_batch(1, s) for s in range(2)], batch_size=None)
-    cb = ticket_fit(model, train, DataLoader([vcr_batch(2, 7)], batch_size=None), "val/q2ar", tmp_path)
+    cb = two_round_ticket("val/q2ar")
+    quick_trainer([cb]).fit(model, train, DataLoader([vcr_batch(2, 7)], batch_size=None))
     assert [round(r["sparsity"], 3) for r in cb.results] == [0.0, 0.5]
     assert all(r["score"] in (0.0, 0.5, 1.0) for r in cb.results)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lightning_tickets import LotteryTicketCallback
 from lightning_tickets.backbones import Uniter, VLBackbone
 from lightning_tickets.data.collators import VLBatchCollator
 from lightning_tickets.data.pretrain_masking import (
@@ -194,29 +192,10 @@ def test_region_objectives_need_a_region_backbone():
         model_for(mix="sum", mrc_num_classes=7)(pretrain_batch())
 
 
-def test_pretraining_ticket_fit(tmp_path):
+def test_pretraining_ticket_fit(quick_trainer, two_round_ticket):
     model = model_for(mix="sum", lr=1e-3)
-    cb = LotteryTicketCallback(
-        target_sparsity=0.5,
-        rate=0.5,
-        epochs_per_round=1,
-        monitor="val/loss",
-        mode="min",
-        ticket_dir=str(tmp_path / "t"),
-        plot=False,
-    )
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[cb],
-        default_root_dir=tmp_path,
-    )
+    cb = two_round_ticket("val/loss", mode="min")
+    trainer = quick_trainer([cb])
     train = DataLoader([pretrain_batch(seed=s) for s in range(2)], batch_size=None)
     trainer.fit(model, train, DataLoader([pretrain_batch(seed=9)], batch_size=None))
     assert [round(r["sparsity"], 3) for r in cb.results] == [0.0, 0.5]

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lightning_tickets import LotteryTicketCallback
 from lightning_tickets.backbones import Uniter
 from lightning_tickets.metrics.grounding import GroundingAccuracy, paired_box_iou
 from lightning_tickets.metrics.recall import RetrievalRecall
@@ -16,28 +15,6 @@ from lightning_tickets.tasks.refexp import MASKED_SCORE, ReferringExpression, re
 from lightning_tickets.tasks.retrieval import ImageTextRetrieval
 
 IMG_DIM = 8
-
-
-def trainer(callbacks, tmp_path, **kw) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=kw.pop("max_epochs", 2),
-        limit_train_batches=2,
-        limit_val_batches=kw.pop("limit_val_batches", 1),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        default_root_dir=tmp_path,
-        **kw,
-    )
-
-
-def ticket(monitor: str, tmp_path) -> LotteryTicketCallback:
-    return LotteryTicketCallback(
-        target_sparsity=0.5, rate=0.5, epochs_per_round=1, monitor=monitor, ticket_dir=str(tmp_path / "t"), plot=False
-    )
 
 
 def region_rows(b: int, g: torch.Generator, r: int = 3) -> dict:
@@ -106,12 +83,12 @@ def test_refexp_training_step():
     assert model.head[-1].weight.shape == (1, 32) and model.head[-1].weight.grad is not None
 
 
-def test_refexp_ticket_fit(tmp_path):
+def test_refexp_ticket_fit(quick_trainer, two_round_ticket):
     torch.manual_seed(0)
     model = ReferringExpression(Uniter("tiny", img_dim=IMG_DIM), lr=1e-3)
-    cb = ticket("val/acc", tmp_path)
+    cb = two_round_ticket("val/acc")
     train = DataLoader([refexp_batch(4, s) for s in range(2)], batch_size=None)
-    trainer([cb], tmp_path).fit(model, train, DataLoader([refexp_batch(4, 9)], batch_size=None))
+    quick_trainer([cb]).fit(model, train, DataLoader([refexp_batch(4, 9)], batch_size=None))
     assert [round(r["sparsity"], 3) for r in cb.results] == [0.0, 0.5]
 
 
@@ -170,7 +147,7 @@ def test_retrieval_bce_training_step():
     assert model.backbone.pooler.dense.weight.grad is not None
 
 
-def test_retrieval_evaluation_fills_the_matrix_from_constructor_ground_truth(tmp_path):
+def test_retrieval_evaluation_fills_the_matrix_from_constructor_ground_truth(quick_trainer):
     torch.manual_seed(0)
     model = ImageTextRetrieval(Uniter("tiny", img_dim=IMG_DIM), txt2img=TXT2IMG, img2txts=IMG2TXTS, top_k=(1, 2, 3))
     seen = {}
@@ -181,7 +158,7 @@ def test_retrieval_evaluation_fills_the_matrix_from_constructor_ground_truth(tmp
         orig(stage)
 
     model._end_eval = spy
-    t = trainer([], tmp_path, limit_val_batches=1.0)
+    t = quick_trainer(limit_val_batches=1.0)
     t.validate(model, DataLoader(eval_batches(), batch_size=None), verbose=False)
     assert torch.isfinite(seen["scores"]).all()  # every (caption, image) pair scored once
     with torch.no_grad():
@@ -199,12 +176,12 @@ def test_retrieval_evaluation_fills_the_matrix_from_constructor_ground_truth(tmp
     assert model._recall == {}  # the matrix is freed after the epoch
 
 
-def test_retrieval_ticket_fit_with_datamodule_ground_truth(tmp_path):
+def test_retrieval_ticket_fit_with_datamodule_ground_truth(quick_trainer, two_round_ticket):
     torch.manual_seed(0)
     model = ImageTextRetrieval(Uniter("tiny", img_dim=IMG_DIM), lr=1e-3)
     dm = FakeRetrievalData()
-    cb = ticket("val/rsum", tmp_path)
-    t = trainer([cb], tmp_path, limit_val_batches=1.0)
+    cb = two_round_ticket("val/rsum")
+    t = quick_trainer([cb], limit_val_batches=1.0)
     t.fit(model, datamodule=dm)
     assert [round(r["sparsity"], 3) for r in cb.results] == [0.0, 0.5]
     assert all(0.0 <= r["score"] <= 6.0 for r in cb.results)
@@ -213,7 +190,7 @@ def test_retrieval_ticket_fit_with_datamodule_ground_truth(tmp_path):
     assert "test/tr_r10" in t.callback_metrics
 
 
-def test_retrieval_without_ground_truth_fails_clearly(tmp_path):
+def test_retrieval_without_ground_truth_fails_clearly(quick_trainer):
     model = ImageTextRetrieval(Uniter("tiny", img_dim=IMG_DIM))
     with pytest.raises(RuntimeError, match="txt2img"):
-        trainer([], tmp_path).validate(model, DataLoader(eval_batches(), batch_size=None), verbose=False)
+        quick_trainer().validate(model, DataLoader(eval_batches(), batch_size=None), verbose=False)

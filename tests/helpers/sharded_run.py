@@ -1,6 +1,6 @@
 """Run the callback on the toy model with 2 CPU processes (gloo): DDP, or FSDP2 through ModelParallelStrategy.
 
-Usage: python tests/sharded_run.py {ddp,fsdp2} OUT_DIR [--ticket PATH] [--ckpt-every-round] [--resume CKPT]
+Usage: python tests/helpers/sharded_run.py {ddp,fsdp2} OUT_DIR [--ticket PATH] [--ckpt-every-round] [--resume CKPT]
        [--max-epochs N] [--accelerator cpu|cuda] [--devices N]   (cuda: see benchmarks/gpu_check.sh)
 
 Every rank dumps ``rank{R}.pt``: its local masks and snapshot (shards under FSDP2), the full final weights

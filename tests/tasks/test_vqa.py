@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import types
 
 import lightning as L
@@ -209,13 +208,13 @@ def test_lr_lambda_warmup_then_linear_decay():
         _model(warmup_steps=1.5)
 
 
-def test_schedule_spans_one_round_when_ticket_callback_says_so(monkeypatch):
-    fake = types.ModuleType("lightning_tickets.callback")
-    fake.steps_per_round = lambda trainer: 7 if getattr(trainer, "has_ticket", False) else None
-    monkeypatch.setitem(sys.modules, "lightning_tickets.callback", fake)
-    trainer = types.SimpleNamespace(has_ticket=True, estimated_stepping_batches=100)
+def test_schedule_spans_one_round_when_ticket_callback_says_so():
+    from lightning_tickets.schedule import RoundPlan
+
+    ticket_cb = types.SimpleNamespace(round_plan=RoundPlan([0.0, 0.5], steps_per_round=7))
+    trainer = types.SimpleNamespace(callbacks=[object(), ticket_cb], estimated_stepping_batches=100)
     assert schedule_length(trainer) == 7
-    trainer.has_ticket = False
+    trainer.callbacks = [object()]
     assert schedule_length(trainer) == 100
     trainer.estimated_stepping_batches = float("inf")
     assert schedule_length(trainer) is None

@@ -3,7 +3,7 @@
 Each rank shards the same seeded model (uneven shards: 7 rows -> 4 + 3; 1 row -> 1 + 0), runs the building blocks
 of lightning_tickets.sharded and dumps what it got; the test compares with the unsharded functions.
 
-Usage: python tests/sharded_blocks_run.py OUT_DIR PORT
+Usage: python tests/helpers/sharded_blocks_run.py OUT_DIR PORT
 """
 
 from __future__ import annotations
@@ -131,5 +131,5 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo
     mp.start_processes(_worker, args=(int(sys.argv[2]), sys.argv[1]), nprocs=2, start_method="spawn")

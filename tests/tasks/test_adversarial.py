@@ -13,19 +13,9 @@ import yaml
 from test_lxmert_vilt import IMG_DIM, _lx_batch, _vilt_batch
 from torch.utils.data import DataLoader, Dataset
 
-import lightning_tickets.adversarial as adv
+import lightning_tickets.tasks.adversarial as adv
 import lightning_tickets.tasks.base as task_base
 from lightning_tickets import LotteryTicketCallback
-from lightning_tickets.adversarial import (
-    AdversarialConfig,
-    Logits,
-    ascent_direction,
-    example_norms,
-    pgd_step,
-    project,
-    random_start,
-    symmetric_kl,
-)
 from lightning_tickets.backbones import BackboneOutput, Lxmert, Uniter, Vilt, VLBackbone
 from lightning_tickets.tasks import (
     GQA,
@@ -36,6 +26,16 @@ from lightning_tickets.tasks import (
     Pretraining,
     ReferringExpression,
     VisualEntailment,
+)
+from lightning_tickets.tasks.adversarial import (
+    AdversarialConfig,
+    Logits,
+    ascent_direction,
+    example_norms,
+    pgd_step,
+    project,
+    random_start,
+    symmetric_kl,
 )
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -130,6 +130,21 @@ def test_config_survives_a_weights_only_checkpoint_load():
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)["hyper_parameters"]["adversarial"]
     assert loaded == model.adversarial
+
+
+def test_checkpoints_that_name_the_old_module_path_still_load(monkeypatch):
+    """Checkpoints written before the module moved to ``tasks/`` pickle ``lightning_tickets.adversarial.*``."""
+    import lightning_tickets.adversarial as old_path
+
+    assert old_path.AdversarialConfig is AdversarialConfig and old_path.adversarial_terms is adv.adversarial_terms
+    config = AdversarialConfig(steps=2, epsilon=0.5)
+    monkeypatch.setattr(AdversarialConfig, "__module__", "lightning_tickets.adversarial")
+    buf = io.BytesIO()
+    torch.save({"hyper_parameters": {"adversarial": config}}, buf)
+    monkeypatch.undo()
+    assert b"lightning_tickets.adversarial\nAdversarialConfig" in buf.getvalue().replace(b"\r", b"")
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["hyper_parameters"]["adversarial"] == config
 
 
 # ------------------------------------------------------------------------------------------------------ maths
@@ -473,22 +488,9 @@ def test_yaml_and_command_line(tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------------------------------------------ DDP
 @pytest.mark.slow
 def test_ddp_ranks_agree_and_masks_stay_exact(tmp_path):
-    import os
-    import subprocess
-    from pathlib import Path
+    from helpers.launch import run_helper
 
-    drop = ("PL_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_", "NODE_RANK", "GROUP_RANK", "TORCHELASTIC", "LT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)} | {"OMP_NUM_THREADS": "1"}
-    script = Path(__file__).with_name("ddp_adversarial_run.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), "ddp_find_unused_parameters_true", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_helper("ddp_run.py", "adversarial", "ddp_find_unused_parameters_true", tmp_path, cwd=tmp_path, timeout=300)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["steps"] == r1["steps"] == 8
     for n in r0["final"]:
