@@ -65,6 +65,7 @@ test-min: pyproject.toml
 	$(MIN_ENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 wheel: $(STAMP)-test
+	rm -rf build  # stale modules of an earlier build would end up in the wheel
 	$(PIP) wheel --no-deps --no-build-isolation -w dist .
 
 demo: $(STAMP)-demo
