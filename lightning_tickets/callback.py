@@ -33,7 +33,6 @@ from lightning_tickets.rewind import RewindPoint, reset_optimizers
 from lightning_tickets.schedule import RoundPlan, round_length, sparsity_schedule
 from lightning_tickets.scope import resolve_scope
 from lightning_tickets.structured import nm_schedule, parse_granularity
-from lightning_tickets.ticket_dir import build_summary
 
 __all__ = ["LotteryTicketCallback", "steps_per_round"]
 
@@ -60,7 +59,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         rewind: ``"init"`` (weights at fit start), ``"step:K"`` / ``"epoch:K"`` (late rewinding into round 0) or
             ``"none"``.
         scope: a preset name (``"encoder"``, ``"linear"``, ``"all"``) or ``dict(include=[regex], exclude=[regex],
-            modules=["Linear"])`` over qualified module names.
+            modules=[nn.Linear or "Linear"], parameter_names=["weight"])``; regexes match module or parameter names.
+        parameter_names: which parameters of the scope's modules are pruned (default ``["weight"]``; e.g.
+            ``["weight", "bias"]`` as ``ModelPruning``); overrides the scope's. Unstructured granularities only.
         granularity: unstructured ``"global"`` (one threshold over the scope) or ``"layerwise"``; structured
             ``"heads"``, ``"neurons"`` or ``"heads+neurons"`` (whole attention heads / FFN neurons; the schedule's
             sparsity is then the fraction of heads / neurons removed, global, >= 1 per block); or an N:M pattern
@@ -100,6 +101,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         steps_per_round: Optional[int] = None,
         rewind: str = "init",
         scope: Union[str, dict[str, Any]] = "encoder",
+        parameter_names: Optional[list[str]] = None,
         granularity: str = "global",
         method: Literal["magnitude", "random"] = "magnitude",
         rewind_head: bool = True,
@@ -131,8 +133,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         if method not in ("magnitude", "random"):
             raise ValueError(f"method={method!r} is unknown; use 'magnitude' or 'random'")
         super().__init__(
-            scope=scope, monitor=monitor, mode=mode, tolerance=tolerance, ticket_dir=ticket_dir, overwrite=overwrite,
-            seed=seed, snapshot_device=snapshot_device, plot=plot, cpu_float_masks=cpu_float_masks,
+            scope=scope, parameter_names=parameter_names, monitor=monitor, mode=mode, tolerance=tolerance,
+            ticket_dir=ticket_dir, overwrite=overwrite, seed=seed, snapshot_device=snapshot_device, plot=plot,
+            cpu_float_masks=cpu_float_masks,
         )  # fmt: skip
         self._kind, self._nm = parse_granularity(granularity)
         if self._nm is not None:
@@ -171,7 +174,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Find the scope and its layout (refusing impossible set-ups before the sanity check)."""
         all_params = named_parameters(pl_module)
-        params = dict(resolve_scope(pl_module, self.scope_spec))
+        params = dict(resolve_scope(pl_module, self.scope))
         pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator)
         store = mask_store_for(params, pruner, self.cpu_float_masks)  # refuses what a sharded layout can't do
         pruner.prepare(pl_module, params, self.sparsities)
@@ -388,11 +391,6 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         st.pending_optimizer_reset = self.reset_optimizer
         st.last_masked_step = trainer.global_step
 
-    # ------------------------------------------------------------------ summary
     def _run_info(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance, "method": self.method,
-                "granularity": self.granularity, "rewind": str(self.rewind), "schedule": self.schedule,
-                "rate": self.rate, "sparsities": self.sparsities, "target_sparsity": self.target_sparsity}  # fmt: skip
-
-    def _summary(self) -> dict[str, Any]:
-        return build_summary(self._run_info(), self.state)
+        return {**super()._run_info(), "method": self.method, "granularity": self.granularity,
+                "rewind": str(self.rewind), "schedule": self.schedule, "rate": self.rate}  # fmt: skip

@@ -26,7 +26,6 @@ from lightning_tickets.layout import mask_store_for, named_parameters
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.schedule import RoundPlan
 from lightning_tickets.ticket import Ticket
-from lightning_tickets.ticket_dir import build_summary
 
 __all__ = ["FixedTicketCallback", "FixedTicketDispatch"]
 
@@ -98,6 +97,10 @@ class FixedTicketCallback(TicketCallbackBase):
             "ticket_weights": self.ticket_weights,
             **super()._settings(),
         }
+
+    def _run_info(self) -> dict[str, Any]:
+        return {**super()._run_info(), "ticket": str(self.fixed_ticket_path), "ticket_mask": self.ticket_mask,
+                "ticket_weights": self.ticket_weights}  # fmt: skip
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         params = named_parameters(pl_module)
@@ -186,11 +189,7 @@ class FixedTicketCallback(TicketCallbackBase):
         ]
         st.finished = True
         if trainer.is_global_zero:
-            info = {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance,
-                    "ticket": str(self.fixed_ticket_path), "ticket_mask": self.ticket_mask,
-                    "ticket_weights": self.ticket_weights, "sparsities": self.sparsities,
-                    "target_sparsity": self.target_sparsity}  # fmt: skip
-            self._ticket_dir().write_summary(build_summary(info, st))
+            self._ticket_dir().write_summary(self._summary())
 
 
 class FixedTicketDispatch(type):

@@ -157,3 +157,15 @@ def test_early_stopping_before_the_last_round_is_reported_when_it_happens(tmp_pa
     assert not cb.state.finished and len(cb.results) == 1
     assert not any("training stopped before IMP finished" in str(w.message) for w in rec)  # said once, precisely
     assert cb.state.early_stop_warned
+
+
+def test_parameter_names_prunes_biases_too(tmp_path):
+    cb = _cb(tmp_path, monitor=None, parameter_names=["weight", "bias"])
+    _trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**DATA))
+    assert any(n.endswith(".bias") for n in cb.masks) and any(n.endswith(".weight") for n in cb.masks)
+    with pytest.raises(ValueError, match="1-d parameters"):
+        cb = LotteryTicketCallback(
+            granularity="2:4", schedule=[0.25], parameter_names=["bias"], monitor=None, epochs_per_round=1,
+            ticket_dir=str(tmp_path / "h"), plot=False,
+        )  # fmt: skip
+        _trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**DATA))
