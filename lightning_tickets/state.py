@@ -144,7 +144,7 @@ def state_from_dict(
             continue
         value = sd[f.name]
         if f.name == "masks" and value is not None:
-            value = local_masks({n: unpack_bits(v["bits"], v["shape"]) for n, v in value.items()})
+            value = local_masks({n: _unpack(n, v) for n, v in value.items()})
         elif f.name == "snapshot" and value is not None:
             value = local_snapshot(dict(value))
         elif f.name == "generator":
@@ -156,3 +156,12 @@ def state_from_dict(
             value = copy.deepcopy(value)
         setattr(state, f.name, value)
     return state
+
+
+def _unpack(name: str, entry: Any) -> torch.Tensor:
+    try:
+        return unpack_bits(entry["bits"], entry["shape"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"the checkpoint's mask state for {name!r} is corrupt ({err}); resume from another checkpoint of the run"
+        ) from None

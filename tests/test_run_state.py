@@ -169,3 +169,11 @@ def test_parameter_names_prunes_biases_too(tmp_path):
             ticket_dir=str(tmp_path / "h"), plot=False,
         )  # fmt: skip
         _trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**DATA))
+
+
+def test_corrupt_mask_state_names_the_tensor():
+    st = RunState(masks={"enc.w": torch.ones(3, 5, dtype=torch.bool)})
+    sd = state_to_dict(st)
+    sd["masks"]["enc.w"]["bits"] = sd["masks"]["enc.w"]["bits"][:1]  # truncated
+    with pytest.raises(ValueError, match="mask state for 'enc.w' is corrupt"):
+        state_from_dict(sd)
