@@ -273,7 +273,13 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         around a checkpoint saved there, and skips it for one saved at the epoch's last batch end)."""
         st = self.state
         st.epoch_end_pending, st.last_epoch_end_step, epoch = False, trainer.global_step, st.epoch
-        st.epoch += 1
+        try:
+            self._round_epoch_end(trainer, pl_module, epoch)
+        finally:
+            st.epoch = epoch + 1  # rows of rounds ending here record ``epoch``; the next round starts in epoch + 1
+
+    def _round_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        st = self.state
         if st.finished:
             return
         done = epoch + 1 - st.round_start_epoch

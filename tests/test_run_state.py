@@ -177,3 +177,9 @@ def test_corrupt_mask_state_names_the_tensor():
     sd["masks"]["enc.w"]["bits"] = sd["masks"]["enc.w"]["bits"][:1]  # truncated
     with pytest.raises(ValueError, match="mask state for 'enc.w' is corrupt"):
         state_from_dict(sd)
+
+
+def test_round_rows_record_the_epoch_that_ended_the_round(tmp_path):
+    cb = _cb(tmp_path, monitor="val/acc", epochs_per_round=2)
+    _trainer([cb], tmp_path, max_epochs=6).fit(ToyClassifier(), ToyDataModule(**DATA))
+    assert [(r["epoch"], r["step"]) for r in cb.results] == [(1, 4), (3, 8), (5, 12)]  # 2 batches per epoch
