@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
 from lightning_tickets.layout import mask_store_for, named_parameters
+from lightning_tickets.loggers import log_round
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.report import relative_score
 from lightning_tickets.rewind import RewindPoint, reset_optimizers
@@ -310,7 +311,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             )
         if trainer.is_global_zero:
             self._ticket_dir().write_summary(self._summary())
-            print(self._ticket_dir().report(self._summary(), self.plot), flush=True)
+            print(self._ticket_dir().report(self._summary(), self.plot, trainer), flush=True)
 
     def _scored(self) -> bool:
         return self._run is not None and self._run.validates and self.monitor is not None
@@ -338,6 +339,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             "epoch": trainer.current_epoch,
         }
         st.rows.append(row)
+        log_round(trainer, st.rows, st.dense_score, self.tolerance, self.mode)
         full = store.full_masks(masks)  # a collective on sharded layouts: every rank takes part
         if trainer.is_global_zero:
             self._ticket_dir().write_round(st.round, full, self._ticket_metadata(trainer, pl_module, score))
