@@ -33,6 +33,7 @@ from lightning_tickets.schedule import RoundPlan, round_length, sparsity_schedul
 from lightning_tickets.scope import resolve_scope
 from lightning_tickets.structured import nm_schedule, parse_granularity
 from lightning_tickets.ticket_dir import build_summary
+from lightning_tickets.trainer_checks import all_finished, check_trainer
 
 __all__ = ["LotteryTicketCallback", "steps_per_round"]
 
@@ -199,6 +200,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         """Find the scope and its layout (refusing impossible set-ups before the sanity check)."""
         all_params = named_parameters(pl_module)
         params = dict(resolve_scope(pl_module, self.scope_spec))
+        check_trainer(trainer, pl_module, self, list(params))  # other ticket callbacks, monitored ModelCheckpoint
         pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator)
         store = mask_store_for(params, pruner, self.cpu_float_masks)  # refuses what a sharded layout can't do
         pruner.prepare(pl_module, params, self.sparsities)
@@ -346,7 +348,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st.boundary = False
         if st.round == self.num_rounds - 1:
             st.finished = True
-            trainer.should_stop = True
+            if all_finished(trainer):  # a second ticket callback may still have rounds to go
+                trainer.should_stop = True
         else:
             st.pending_transition = True
         if trainer.is_global_zero:
