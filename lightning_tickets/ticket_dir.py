@@ -23,6 +23,7 @@ from lightning_tickets.__about__ import __version__
 from lightning_tickets.loggers import log_figure
 from lightning_tickets.report import best_relaxed_ticket, format_table, save_figure, summary_figure, write_json_atomic
 from lightning_tickets.ticket import Ticket
+from lightning_tickets.ticket_format import plain_name
 
 __all__ = ["TicketDir", "build_summary"]
 
@@ -127,9 +128,10 @@ class TicketDir:
         return None
 
     def write_round(self, round_: int, masks: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
-        """Save one round's ticket (call on global rank 0 only)."""
+        """Save one round's ticket (call on global rank 0 only), named as the plain model's parameters (without
+        ``torch.compile``'s ``_orig_mod.``)."""
         path = self.round_path(round_)
-        Ticket(masks, metadata).save(path)
+        Ticket({plain_name(n): m for n, m in masks.items()}, metadata).save(path)  # names of the uncompiled model
         return path
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
