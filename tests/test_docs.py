@@ -23,6 +23,22 @@ SLOW = {"docs/callback.md", "docs/baselines.md"}
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`\n]*)$")
 
 
+def _fences(lines: list[str]):
+    """``(opening line index, closing line index, info string)`` of each fenced block."""
+    i = 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i].rstrip("\n"))
+        if not m:
+            i += 1
+            continue
+        closing = re.compile(rf"^[ \t]*{re.escape(m['fence'][0])}{{{len(m['fence'])},}}[ \t]*$")
+        j = i + 1
+        while j < len(lines) and not closing.match(lines[j].rstrip("\n")):
+            j += 1
+        yield i, j, m["info"].strip()
+        i = j + 1
+
+
 def python_blocks(text: str) -> list[tuple[int, str, bool]]:
     """``(line of the opening fence, dedented code, is a sketch)`` of each ```python block of a Markdown text.
 
@@ -33,21 +49,12 @@ def python_blocks(text: str) -> list[tuple[int, str, bool]]:
         [(2, 'x = 1\\n', True), (6, 'y = 2\\n', False)]
     """
     lines = text.splitlines(keepends=True)
-    out, i = [], 0
-    while i < len(lines):
-        m = _FENCE.match(lines[i].rstrip("\n"))
-        if not m:
-            i += 1
-            continue
-        closing = re.compile(rf"^[ \t]*{re.escape(m['fence'][0])}{{{len(m['fence'])},}}[ \t]*$")
-        j = i + 1
-        while j < len(lines) and not closing.match(lines[j].rstrip("\n")):
-            j += 1
-        if m["info"].strip().split(" ")[0] in ("python", "py"):
+    out = []
+    for i, j, info in _fences(lines):
+        if info.split(" ")[0] in ("python", "py"):
             before = [ln.strip() for ln in lines[:i] if ln.strip()]
             code = textwrap.dedent("".join(lines[i + 1 : j]))
             out.append((i + 1, code, bool(before) and before[-1] == SKETCH))
-        i = j + 1
     return out
 
 
@@ -84,8 +91,12 @@ def test_sketches_are_few_and_marked_only_on_python_blocks():
     """A sketch marker must sit right before a ```python block (else it marks nothing and is a typo)."""
     for page in PAGES:
         text = page.read_text()
+        lines = text.splitlines(keepends=True)
+        for i, j, _ in _fences(lines):  # a marker shown inside an example block is no marker
+            lines[i : j + 1] = [""] * (j + 1 - i)
         marked = sum(sketch for _, _, sketch in python_blocks(text))
-        assert text.count(SKETCH) == marked, f"{_page_id(page)}: a '{SKETCH}' is not right before a ```python block"
+        markers = sum(ln.strip() == SKETCH for ln in lines)
+        assert markers == marked, f"{_page_id(page)}: a '{SKETCH}' is not before a ```python block"
 
 
 def _nav_files(node) -> list[str]:
