@@ -7,6 +7,7 @@ temporary working directory, so files a block writes (``runs/...``, ``tickets/..
 
 from __future__ import annotations
 
+import doctest
 import re
 import textwrap
 from pathlib import Path
@@ -58,6 +59,14 @@ def python_blocks(text: str) -> list[tuple[int, str, bool]]:
     return out
 
 
+def _run_doctest(code: str, namespace: dict, name: str, line: int) -> None:
+    test = doctest.DocTestParser().get_doctest(code, namespace, name, name, line)
+    out: list[str] = []
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test, out=out.append, clear_globs=False)
+    assert runner.failures == 0, "".join(out)
+
+
 def _page_id(page: Path) -> str:
     return page.relative_to(ROOT).as_posix()
 
@@ -79,6 +88,9 @@ def test_python_blocks_of_the_page_run(page, tmp_path, monkeypatch):
         if sketch:
             continue
         try:
+            if code.lstrip().startswith(">>>"):  # a console session: run as a doctest, its output is checked
+                _run_doctest(code, namespace, f"{_page_id(page)}:{line}", line)
+                continue
             exec(compile(code, f"{page}:{line}", "exec"), namespace)
         except Exception as err:
             raise AssertionError(
