@@ -77,9 +77,9 @@ def check_trainer(trainer: Any, pl_module: Any, callback: Any, scope: list[str])
                 rank_zero_warn(
                     f"ModelCheckpoint(monitor={ckpt.monitor!r}, save_top_k={ckpt.save_top_k}) keeps the best "
                     "checkpoint(s) over all IMP rounds, comparing weights of different sparsities. To keep one "
-                    "checkpoint per round use ModelCheckpoint(filename='round{tickets/round:.0f}', "
-                    "auto_insert_metric_name=False, save_top_k=-1, every_n_epochs=epochs_per_round) (see "
-                    "docs/callback.md, With EarlyStopping and ModelCheckpoint); the round tickets are in ticket_dir"
+                    "checkpoint per round (its last) use ModelCheckpoint(filename='round{tickets/round:.0f}', "
+                    "auto_insert_metric_name=False, save_top_k=-1, enable_version_counter=False) (docs/callback.md, "
+                    "With EarlyStopping and ModelCheckpoint); each round's mask is also in ticket_dir"
                 )
 
 
