@@ -37,7 +37,9 @@ __all__ = ["log_figure", "log_round", "round_metrics", "send_metrics"]
 FIGURE_TAG = "tickets/summary"
 
 
-def round_metrics(rows: Sequence[dict[str, Any]], dense_score: float | None, tolerance: float, mode: str) -> dict:
+def round_metrics(
+    rows: Sequence[dict[str, Any]], dense_score: float | None, tolerance: float, mode: str
+) -> dict[str, float]:
     """The metrics of the last finished round (``rows[-1]``) and the best relaxed ticket among ``rows``.
 
     A round without a score (``monitor=None`` or a NaN score) has no ``tickets/score`` / ``tickets/relative``; the
@@ -63,7 +65,9 @@ def send_metrics(loggers: Sequence[Any], metrics: dict[str, float], step: int) -
         logger.log_metrics(metrics, step=step)
 
 
-def log_round(trainer: Any, rows: Sequence[dict[str, Any]], dense_score: float | None, tolerance: float, mode: str):
+def log_round(
+    trainer: Any, rows: Sequence[dict[str, Any]], dense_score: float | None, tolerance: float, mode: str
+) -> None:
     """Send :func:`round_metrics` to every logger of ``trainer`` (global rank 0 only), at ``trainer.global_step``."""
     if trainer.is_global_zero and trainer.loggers and rows:
         send_metrics(trainer.loggers, round_metrics(rows, dense_score, tolerance, mode), trainer.global_step)

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from lightning_tickets import LotteryTicketCallback
 from lightning_tickets.cli import main
-from lightning_tickets.loggers import log_figure, round_metrics
+from lightning_tickets.loggers import log_figure, log_round, round_metrics
 from lightning_tickets.toy import ToyClassifier, ToyDataModule
 
 TOY_YAML = Path(__file__).resolve().parents[1] / "examples" / "toy" / "imp.yaml"
@@ -117,6 +117,19 @@ def test_every_logger_gets_each_round_and_the_best_ticket_so_far(tmp_path):
             else:
                 assert "tickets/best_sparsity" not in m
         assert rec.figures == []  # plot=False: no figure
+
+
+def test_only_global_rank_zero_logs():
+    from types import SimpleNamespace
+
+    rec = RecordingLogger()
+    rows = [{"round": 0, "sparsity": 0.0, "score": 0.5}]
+    log_round(SimpleNamespace(is_global_zero=False, loggers=[rec], global_step=3), rows, 0.5, 0.99, "max")
+    assert rec.metrics == []
+    log_round(SimpleNamespace(is_global_zero=True, loggers=[rec], global_step=3), rows, 0.5, 0.99, "max")
+    assert rec.metrics == [
+        (3, {"tickets/round": 0.0, "tickets/sparsity": 0.0, "tickets/score": 0.5, "tickets/relative": 1.0})
+    ]
 
 
 def test_round_metrics_without_a_score_or_winner():
