@@ -28,6 +28,7 @@ from lightning_tickets.schedule import RoundPlan
 from lightning_tickets.scope import Scope
 from lightning_tickets.state import RunState, state_from_dict, state_to_dict
 from lightning_tickets.ticket_dir import TicketDir, build_summary
+from lightning_tickets.trainer_checks import LEGACY_STATE_KEY, state_key_for
 
 __all__ = ["TicketCallbackBase"]
 
@@ -103,7 +104,13 @@ class TicketCallbackBase(Callback):
 
     @property
     def state_key(self) -> str:
-        return "LotteryTicketCallback"  # one key for both modes: checkpoints of earlier versions keep resuming
+        """``"LotteryTicketCallback"`` with the default scope (both modes: checkpoints of earlier versions resume),
+        else followed by the scope, so that callbacks with disjoint scopes can share a Trainer."""
+        return state_key_for(self.scope)
+
+    @property
+    def _legacy_state_key(self) -> str:  # type: ignore[override]
+        return LEGACY_STATE_KEY  # Lightning's fallback: a checkpoint of an earlier version resumes any one scope
 
     # ------------------------------------------------------------------ public helpers
     @property

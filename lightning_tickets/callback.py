@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
 from lightning_tickets.fixed_ticket import FixedTicketDispatch
 from lightning_tickets.layout import mask_store_for, named_parameters
+from lightning_tickets.loggers import log_round
 from lightning_tickets.loops import run_missed_validation, warn_if_stopped_early
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.report import relative_score
@@ -33,6 +34,7 @@ from lightning_tickets.rewind import RewindPoint, reset_optimizers
 from lightning_tickets.schedule import RoundPlan, round_length, sparsity_schedule
 from lightning_tickets.scope import resolve_scope
 from lightning_tickets.structured import nm_schedule, parse_granularity
+from lightning_tickets.trainer_checks import all_finished, check_trainer
 
 __all__ = ["LotteryTicketCallback", "steps_per_round"]
 
@@ -175,6 +177,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         """Find the scope and its layout (refusing impossible set-ups before the sanity check)."""
         all_params = named_parameters(pl_module)
         params = dict(resolve_scope(pl_module, self.scope))
+        check_trainer(trainer, pl_module, self, list(params))  # other ticket callbacks, monitored ModelCheckpoint
         pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator)
         store = mask_store_for(params, pruner, self.cpu_float_masks)  # refuses what a sharded layout can't do
         pruner.prepare(pl_module, params, self.sparsities)
@@ -327,7 +330,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             )
         if trainer.is_global_zero:
             self._ticket_dir().write_summary(self._summary())
-            print(self._ticket_dir().report(self._summary(), self.plot), flush=True)
+            print(self._ticket_dir().report(self._summary(), self.plot, trainer), flush=True)
 
     def _scored(self) -> bool:
         return self._run is not None and self._run.validates and self.monitor is not None
@@ -355,13 +358,14 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             "epoch": st.epoch,
         }
         st.rows.append(row)
+        log_round(trainer, st.rows, st.dense_score, self.tolerance, self.mode)
         full = store.full_masks(masks)  # a collective on sharded layouts: every rank takes part
         if trainer.is_global_zero:
             self._ticket_dir().write_round(st.round, full, self._ticket_metadata(trainer, pl_module, score))
         st.boundary = False
         if st.round == self.num_rounds - 1:
             st.finished = True
-            trainer.should_stop = True
+            trainer.should_stop |= all_finished(trainer)  # another ticket callback may have rounds to go
         else:
             st.pending_transition = True
         if trainer.is_global_zero:

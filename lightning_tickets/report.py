@@ -72,20 +72,25 @@ def format_table(
     return "\n".join(lines)
 
 
-def plot_summary(summaries: Sequence[dict[str, Any]], path: str | Path, labels: Sequence[str] | None = None) -> Path:
-    """Score vs sparsity PNG for one or more ``summary.json`` dicts (dense line, tolerance line, winner marked).
+def summary_figure(summaries: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> Any:
+    """Score vs sparsity of one or more ``summary.json`` dicts (dense line, tolerance line, winner marked), as a
+    :class:`matplotlib.figure.Figure` built with the object API: pyplot and the user's backend are never touched.
+
+    Example:
+        >>> summary = {"monitor": "val/acc", "dense_score": 0.8, "rounds": [{"sparsity": 0.0, "score": 0.8},
+        ...            {"sparsity": 0.5, "score": 0.79}], "best_relaxed_ticket": {"sparsity": 0.5, "score": 0.79}}
+        >>> summary_figure([summary]).axes[0].get_ylabel()
+        'val/acc'
 
     Raises:
         ImportError: if matplotlib is missing (install ``lightning-tickets[demo]``).
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("plotting needs matplotlib: pip install 'lightning-tickets[demo]'") from err
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for i, summary in enumerate(summaries):
         rows = [r for r in summary["rounds"] if r.get("score") is not None]
         label = labels[i] if labels else summary.get("label", summary.get("method", f"run {i}"))
@@ -114,8 +119,21 @@ def plot_summary(summaries: Sequence[dict[str, Any]], path: str | Path, labels: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG through :func:`~lightning_tickets.fileio.atomic_write`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=dpi, format="png")
     return path
+
+
+def plot_summary(summaries: Sequence[dict[str, Any]], path: str | Path, labels: Sequence[str] | None = None) -> Path:
+    """Write :func:`summary_figure` of one or more ``summary.json`` dicts as a PNG at ``path``.
+
+    Raises:
+        ImportError: if matplotlib is missing (install ``lightning-tickets[demo]``).
+    """
+    return save_figure(summary_figure(summaries, labels), path)

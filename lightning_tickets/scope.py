@@ -10,6 +10,9 @@ e.g. ``encoder.layer.0.output.dense.weight``) when
 * some ``include`` regex matches (``re.search``) the module name **or** the parameter name, and
 * no ``exclude`` regex matches the module name or the parameter name.
 
+Names are matched without ``torch.compile``'s ``_orig_mod.`` parts, so a scope written for the plain model selects
+the same parameters of a model with compiled submodules.
+
 So ``include=[r"encoder\.layer\.0\."]`` (a module-name regex) and ``include=[r"encoder\..*\.weight$"]`` (a
 parameter-name regex) both work, and ``exclude=[r"\.bias$"]`` drops biases again.
 
@@ -35,6 +38,8 @@ from typing import Any, Union
 
 import torch
 from torch import nn
+
+from lightning_tickets.ticket_format import plain_name
 
 ScopeSpec = Union[str, Mapping[str, Any]]
 
@@ -216,7 +221,7 @@ def resolve_scope(
             continue
         for attr, param in module.named_parameters(recurse=False):
             pname = f"{mname}.{attr}" if mname else attr
-            if attr in scope.parameter_names and scope._named(mname, pname):
+            if attr in scope.parameter_names and scope._named(plain_name(mname), plain_name(pname)):
                 found_attrs.add(attr)
                 if id(param) not in seen:
                     seen.add(id(param))

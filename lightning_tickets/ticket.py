@@ -36,6 +36,7 @@ from lightning_tickets.ticket_format import (
     TicketError,
     build_header,
     mask_sparsity,
+    plain_name,
     read_ticket_file,
 )
 
@@ -162,7 +163,7 @@ class Ticket:
             selected = {n: params[n] for n in names}
         if not selected:
             raise TicketError(f"no parameters selected from {type(model).__name__}; pass `names=` explicitly")
-        return cls({n: p.detach() != 0 for n, p in selected.items()}, metadata)
+        return cls({plain_name(n): p.detach() != 0 for n, p in selected.items()}, metadata)
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -241,9 +242,11 @@ class Ticket:
         Used by :meth:`apply`, and for sharded models (FSDP2), whose full masks are then cut into local shards
         (:func:`lightning_tickets.sharded.scatter_masks`). Shapes are compared with the parameters' (global) shapes.
 
-        Each ticket name is mapped to a parameter name: first ``remap`` replaces the longest matching key prefix by
-        its value (``""`` strips it), then ``prefix`` is prepended. All names and shapes are checked before any
-        parameter is modified.
+        Each ticket name is mapped to a parameter name: first ``remap`` replaces the longest matching key prefix by its
+        value (``""`` strips it), then ``prefix`` is prepended. Names match across ``torch.compile``: a name that is not
+        a parameter of ``model`` is compared without ``_orig_mod.`` parts (:func:`plain_name`) with the parameters'
+        names without them, so a ticket of a compiled model applies to the plain one and the other way round. All names
+        and shapes are checked before any parameter is modified.
 
         Args:
             model: the module to prune.
@@ -264,6 +267,9 @@ class Ticket:
             ['weight']
         """
         params = dict(model.named_parameters(remove_duplicate=False))
+        plain: dict[str, str] = {}
+        for n in params:
+            plain.setdefault(plain_name(n), n)
         remap = dict(remap or {})
         keys = sorted(remap, key=len, reverse=True)
         matched: dict[str, tuple[str, torch.Tensor]] = {}  # model name -> (ticket name, mask)
@@ -276,6 +282,8 @@ class Ticket:
                     target = remap[k] + name[len(k) :]
                     break
             target = prefix + target
+            if target not in params:  # a ticket of the compiled model on the plain one, or the other way round
+                target = plain.get(plain_name(target), target)
             param = params.get(target)
             if param is None:
                 missing.append(name)

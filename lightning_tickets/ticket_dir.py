@@ -20,13 +20,22 @@ from typing import Any
 import torch
 
 from lightning_tickets.__about__ import __version__
-from lightning_tickets.report import best_relaxed_ticket, format_table, plot_summary, write_json_atomic
+from lightning_tickets.loggers import log_figure
+from lightning_tickets.report import best_relaxed_ticket, format_table, save_figure, summary_figure, write_json_atomic
 from lightning_tickets.ticket import Ticket
+from lightning_tickets.ticket_format import plain_name
 
 __all__ = ["TicketDir", "build_summary"]
 
 #: Files a run owns in its ticket directory (removed by ``overwrite=True``), hidden temporary files included.
-OWN_FILES = ("round-*.safetensors", "summary.json", "summary.png", ".round-*.tmp", ".summary.json.*.tmp")
+OWN_FILES = (
+    "round-*.safetensors",
+    "summary.json",
+    "summary.png",
+    ".round-*.tmp",
+    ".summary.json.*.tmp",
+    ".summary.png.*.tmp",
+)
 
 
 class TicketDir:
@@ -119,17 +128,21 @@ class TicketDir:
         return None
 
     def write_round(self, round_: int, masks: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
-        """Save one round's ticket (call on global rank 0 only)."""
+        """Save one round's ticket (call on global rank 0 only), named as the plain model's parameters (without
+        ``torch.compile``'s ``_orig_mod.``)."""
         path = self.round_path(round_)
-        Ticket(masks, metadata).save(path)
+        Ticket({plain_name(n): m for n, m in masks.items()}, metadata).save(path)  # names of the uncompiled model
         return path
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """(Re)write ``summary.json`` atomically (call on global rank 0 only)."""
         return write_json_atomic(self.summary_path, summary)
 
-    def report(self, summary: dict[str, Any], plot: bool) -> str:
-        """The end-of-run text: the per-round table, the relaxed winning ticket, the files (and ``summary.png``)."""
+    def report(self, summary: dict[str, Any], plot: bool, trainer: Any = None) -> str:
+        """The end-of-run text: the per-round table, the relaxed winning ticket, the files (and ``summary.png``).
+
+        With ``plot`` and a ``trainer``, the figure is also sent to the trainer's loggers that take images (at its
+        ``global_step``; see :func:`lightning_tickets.loggers.log_figure`)."""
         rows, monitor, dense = summary["rounds"], summary["monitor"], summary["dense_score"]
         tolerance, mode = summary["tolerance"], summary["mode"]
         lines = ["", "[lightning-tickets] rounds:", format_table(rows, monitor, dense, tolerance, mode)]
@@ -140,7 +153,10 @@ class TicketDir:
         lines.append(f"summary: {self.summary_path}")
         if plot and rows and monitor is not None:
             try:
-                lines.append(f"plot: {plot_summary([summary], self.path / 'summary.png')}")
+                fig = summary_figure([summary])
+                lines.append(f"plot: {save_figure(fig, self.path / 'summary.png')}")
+                sent = log_figure(trainer.loggers, fig, trainer.global_step) if trainer is not None else []
+                lines += [f"figure sent to: {', '.join(sent)}"] if sent else []
             except ImportError as err:
                 lines.append(f"plot skipped: {err}")
         return "\n".join(lines)

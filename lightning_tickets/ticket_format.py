@@ -35,9 +35,25 @@ __all__ = [
     "RESERVED",
     "TicketError",
     "build_header",
+    "plain_name",
     "read_ticket_file",
     "tensor_checksum",
 ]
+
+#: Name of the attribute through which ``torch.compile``'s ``OptimizedModule`` holds the module it wraps.
+COMPILED_ATTR = "_orig_mod"
+
+
+def plain_name(name: str) -> str:
+    """The parameter name without ``torch.compile``'s ``_orig_mod.`` parts: tickets are written with, and matched
+    on, the names of the plain (uncompiled) model.
+
+    Example:
+        >>> plain_name("encoder._orig_mod.layer.0.weight"), plain_name("_orig_mod.fc.weight")
+        ('encoder.layer.0.weight', 'fc.weight')
+    """
+    return ".".join(part for part in name.split(".") if part != COMPILED_ATTR)
+
 
 #: Version of the on-disk layout written by ``Ticket.save``; ``Ticket.load`` reads versions 1 to this one.
 FORMAT_VERSION = 2

@@ -81,12 +81,10 @@ def _compare(args: argparse.Namespace) -> int:
         with atomic_write(args.json, binary=False) as f:
             f.write(json.dumps({"labels": labels, "iou": matrix}, indent=2))
     if args.png:
-        import matplotlib
+        from matplotlib.figure import Figure  # the object API: the user's pyplot backend is never changed
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.2 * n + 1.5))
+        fig = Figure(figsize=(1.2 * n + 2, 1.2 * n + 1.5))
+        ax = fig.subplots()
         im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(n), labels, rotation=45, ha="right")
         ax.set_yticks(range(n), labels)
