@@ -161,6 +161,10 @@ class TicketCallbackBase(Callback):
         sparsity = self.round_plan.sparsities[min(st.round, self.num_rounds - 1)]
         pl_module.log("tickets/sparsity", float(sparsity), prog_bar=True, on_step=True, on_epoch=False)
 
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self._run is not None and not self.state.finished:
+            self._run.store.pruner.observe(self._run.store.params)  # gradient-aware scores (score="taylor")
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self.state.last_val_step = trainer.global_step
@@ -234,5 +238,6 @@ class TicketCallbackBase(Callback):
         )
         self.state.settings = self._settings()
         run.store.pruner.generator = self.state.generator
+        run.store.pruner.sums = self.state.score_sums
         run.store.apply(self.state.masks)
         self._loaded = None

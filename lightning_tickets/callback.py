@@ -30,6 +30,7 @@ from lightning_tickets.report import relative_score
 from lightning_tickets.rewind import RewindPoint, reset_optimizers
 from lightning_tickets.schedule import RoundPlan, round_length, sparsity_schedule
 from lightning_tickets.scope import resolve_scope
+from lightning_tickets.scores import ScoreFn, density_facts, score_name, warn_collapse
 from lightning_tickets.structured import nm_schedule, parse_granularity
 from lightning_tickets.ticket_dir import build_summary
 
@@ -77,6 +78,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             such as ``"2:4"`` (the schedule runs to ``1 - N/M``, ``target_sparsity`` is ignored, and the last round
             applies the pattern). See docs/faster-tickets.md.
         method: ``"magnitude"`` or ``"random"`` (random-pruning baseline with the same schedule).
+        score: ``"magnitude"``, ``"random"``, ``"lamp"``, ``"taylor"`` or ``fn(name, param)`` (docs/scores.md).
+        min_density: each tensor keeps at least this fraction of its weights (global granularity; ``0``: off).
+        collapse_threshold: warn when a new mask leaves a tensor below this fraction of the scope's density.
         rewind_head: rewind parameters outside the scope too (task head, embeddings).
         reset_optimizer: fresh optimizer state and LR schedulers at every round.
         monitor: metric read from ``trainer.callback_metrics`` at each round end (``None``: no scores).
@@ -136,6 +140,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         snapshot_device: str = "cpu",
         plot: bool = True,
         cpu_float_masks: bool = True,
+        score: Union[str, ScoreFn] = "magnitude",
+        min_density: float = 0.0,
+        collapse_threshold: Optional[float] = 0.05,
     ) -> None:
         if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init":
             raise ValueError(
@@ -146,8 +153,6 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
                 f"give exactly one of epochs_per_round and steps_per_round (got epochs_per_round="
                 f"{epochs_per_round}, steps_per_round={steps_per_round}); e.g. epochs_per_round=1"
             )
-        if method not in ("magnitude", "random"):
-            raise ValueError(f"method={method!r} is unknown; use 'magnitude' or 'random'")
         super().__init__(
             scope=scope,
             monitor=monitor,
@@ -161,6 +166,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             cpu_float_masks=cpu_float_masks,
         )
         self._kind, self._nm = parse_granularity(granularity)
+        self.method, self.score, self.min_density = Pruner.settings(self._kind, method, self._nm, score, min_density)
+        self.collapse_threshold = None if collapse_threshold is None else float(collapse_threshold)
         if self._nm is not None:
             sparsities = nm_schedule(*self._nm, schedule, rate)
         else:
@@ -174,7 +181,6 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         self.steps_per_round = steps_per_round
         self.rewind = self.round_plan.rewind
         self.granularity = granularity
-        self.method = method
         self.rewind_head = bool(rewind_head)
         self.reset_optimizer = bool(reset_optimizer)
         self.fixed_ticket_path = None  # fixed-ticket training is FixedTicketCallback
@@ -184,6 +190,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             "sparsities": self.sparsities,
             "rewind": str(self.rewind),
             "method": self.method,
+            **{"score": score_name(self.score), "min_density": self.min_density},
             "granularity": self.granularity,
             "epochs_per_round": self.epochs_per_round,
             "steps_per_round": self.steps_per_round,
@@ -198,7 +205,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         """Find the scope and its layout (refusing impossible set-ups before the sanity check)."""
         all_params = named_parameters(pl_module)
         params = dict(resolve_scope(pl_module, self.scope_spec))
-        pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator)
+        pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator, score=self.score,
+                        min_density=self.min_density, sums=self.state.score_sums)  # fmt: skip
         store = mask_store_for(params, pruner, self.cpu_float_masks)  # refuses what a sharded layout can't do
         pruner.prepare(pl_module, params, self.sparsities)
         self._run = _Runtime(store, all_params, self._validates(trainer, pl_module))
@@ -336,6 +344,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             "ticket": self._ticket_dir().round_path(st.round).name,
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
+            **density_facts(store.densities(masks), self.collapse_threshold),
         }
         st.rows.append(row)
         full = store.full_masks(masks)  # a collective on sharded layouts: every rank takes part
@@ -368,6 +377,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         nxt = st.round + 1
         params = named_parameters(pl_module)  # FSDP2: resharded, so the next forward gathers the new shards
         new = store.compute(st.masks, self.sparsities[nxt], final=nxt == self.num_rounds - 1)
+        warn_collapse(store.densities(new), self.collapse_threshold, nxt)
         if self.rewind.kind != "none":
             if st.snapshot is None:
                 raise RuntimeError(f"no rewind snapshot was taken for rewind='{self.rewind}' (round 0 too short?)")
@@ -384,7 +394,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
     def _run_info(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance, "method": self.method,
                 "granularity": self.granularity, "rewind": str(self.rewind), "schedule": self.schedule,
-                "rate": self.rate, "sparsities": self.sparsities, "target_sparsity": self.target_sparsity}  # fmt: skip
+                "rate": self.rate, "sparsities": self.sparsities, "target_sparsity": self.target_sparsity,
+                "score": score_name(self.score), "min_density": self.min_density,
+                "collapse_threshold": self.collapse_threshold}  # fmt: skip
 
     def _summary(self) -> dict[str, Any]:
         return build_summary(self._run_info(), self.state)

@@ -148,10 +148,12 @@ class ShardedMaskStore(MaskStore):
     sharded = True
 
     def __init__(self, params: Mapping[str, torch.nn.Parameter], pruner: Pruner, cpu_float_masks: bool = True):
-        if not pruner.unstructured:
+        problem = pruner.sharding_problem()
+        if problem is not None:
             raise ValueError(
-                f"granularity={pruner.kind!r} is not supported on sharded (FSDP2) parameters yet; use "
-                "granularity='global' or 'layerwise', or train with strategy='ddp'"
+                f"{problem} is not supported on sharded (FSDP2) parameters yet: they take granularity='global' or "
+                "'layerwise' with score='magnitude' or 'random' and no min_density; use those, or train with "
+                "strategy='ddp'"
             )
         super().__init__(params, pruner, cpu_float_masks)
 
