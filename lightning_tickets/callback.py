@@ -395,7 +395,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance, "method": self.method,
                 "granularity": self.granularity, "rewind": str(self.rewind), "schedule": self.schedule,
                 "rate": self.rate, "sparsities": self.sparsities, "target_sparsity": self.target_sparsity,
-                "score": score_name(self.score), "min_density": self.min_density,
+                "pruning_score": score_name(self.score), "min_density": self.min_density,
                 "collapse_threshold": self.collapse_threshold}  # fmt: skip
 
     def _summary(self) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import doctest
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,3 +316,9 @@ def test_collapse_is_relative_to_the_scope_density_and_names_the_tensor():
     assert "round 3" in msg and "pooler.dense.weight keeps 10 of 147,456 weights" in msg and "score='lamp'" in msg
     many = {f"t{i}": (0, 10) for i in range(8)} | {"big": (100, 100)}
     assert "and 3 more" in collapse_message(many, 0.05, 1)
+
+
+def test_docs_scores_page_examples_run():
+    page = Path(__file__).resolve().parents[1] / "docs" / "scores.md"
+    result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8 and result.failed == 0

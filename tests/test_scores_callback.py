@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lightning_tickets import LotteryTicketCallback
+from lightning_tickets import LotteryTicketCallback, Ticket
 from lightning_tickets.toy import ToyClassifier, ToyDataModule
 
 SMALL = {"num_samples": 256, "batch_size": 64}  # 4 batches per epoch
@@ -88,8 +88,11 @@ def test_lamp_and_min_density_keep_the_tiny_pooler(tmp_path, guard):
     total = sum(m.numel() for m in cb.masks.values())
     assert sum(int((~m).sum()) for m in cb.masks.values()) == round(0.8 * total)  # the global count stays exact
     summary = json.loads((tmp_path / "tickets" / "summary.json").read_text())
-    assert summary["score"] == guard.get("score", "magnitude") and summary["min_density"] == guard.get("min_density", 0)
+    assert summary["pruning_score"] == guard.get("score", "magnitude")
+    assert summary["min_density"] == guard.get("min_density", 0)
     assert all(r["collapsed_tensors"] == {} for r in summary["rounds"])
+    meta = Ticket.load(tmp_path / "tickets" / "round-02.safetensors").metadata
+    assert meta["pruning_score"] == summary["pruning_score"] and meta["score"] == summary["rounds"][2]["score"]
 
 
 def test_collapse_threshold_none_turns_the_warning_off(tmp_path):
