@@ -220,3 +220,16 @@ def test_score_random_is_method_random(tmp_path):
         torch.manual_seed(0)
         _trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**SMALL))
     assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+
+
+def test_cli_config_takes_score_names_and_dotted_callables():
+    """What LightningCLI / jsonargparse does with a YAML ``score:``: names stay names, dotted paths become callables."""
+    from jsonargparse import ArgumentParser
+    from test_scores import _importance
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(LotteryTicketCallback, "cb")
+    for value, expected in [("lamp", "lamp"), ("test_scores._importance", _importance)]:
+        cfg = parser.parse_args(["--cb.epochs_per_round=1", f"--cb.score={value}", "--cb.min_density=0.01"])
+        cb = parser.instantiate(cfg).cb
+        assert cb.score == expected and cb.min_density == 0.01
