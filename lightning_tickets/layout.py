@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import torch
 
-from lightning_tickets.distributed import broadcast_masks, broadcast_tensors_, is_distributed
+from lightning_tickets.distributed import all_reduce_sum, broadcast_masks, broadcast_tensors_, is_distributed
 from lightning_tickets.masks import sparsity_of
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.rewind import restore_snapshot, take_snapshot
@@ -169,8 +169,10 @@ class ShardedMaskStore(MaskStore):
         return global_sparsity(masks)
 
     def densities(self, masks: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
-        full = gather_masks(masks, self.params, dst=None)
-        return {n: (int(m.count_nonzero()), m.numel()) for n, m in full.items()}
+        # every weight lives in exactly one rank's shard: sum the local counts (no gather of the masks)
+        names = list(masks)
+        kept = all_reduce_sum(torch.tensor([int(masks[n].count_nonzero()) for n in names], dtype=torch.int64))
+        return {n: (int(k), self.params[n].numel()) for n, k in zip(names, kept.tolist())}
 
     def full_masks(self, masks: Masks) -> Masks:
         return gather_masks(masks, self.params, dst=0)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import nn
 
-from lightning_tickets.layout import ShardedMaskStore
+from lightning_tickets.layout import MaskStore, ShardedMaskStore
 from lightning_tickets.masks import compute_masks, global_magnitude_masks
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.scores import (
@@ -250,7 +250,10 @@ def test_sharded_layout_refuses_scores_it_cannot_compute():
     ]:
         with pytest.raises(ValueError, match=f"{what} is not supported on sharded \\(FSDP2\\) parameters yet"):
             ShardedMaskStore(w, pruner)
-    ShardedMaskStore(w, Pruner("global", score="random"))  # supported
+    store = ShardedMaskStore(w, Pruner("global", score="random"))  # supported
+    masks = store.compute(None, 0.75, final=True)
+    # per-tensor counts are summed over ranks (no gather); one process: the plain counts
+    assert store.densities(masks) == MaskStore(w, Pruner("global")).densities(masks) == {"w": (4, 16)}
 
 
 # ------------------------------------------------------------------------------------------------------- Taylor
