@@ -301,6 +301,10 @@ def test_taylor_skips_missing_and_non_finite_gradients():
     assert list(sums) == ["a"] and sums["a"].tolist() == [1.0, 0.0, 6.0]
     scores = score_tensors("taylor", {"a": a, "b": b}, None, sums=sums)
     assert scores["b"].tolist() == [0.0, 0.0]
+    h = nn.Parameter(torch.tensor([1.5, -2.0], dtype=torch.bfloat16))
+    h.grad = torch.tensor([2.0, 0.25], dtype=torch.bfloat16)
+    accumulate_taylor(sums, {"h": h})
+    assert sums["h"].dtype == torch.float32 and sums["h"].tolist() == [3.0, 0.5]  # half precision: float32 sums
 
 
 # ---------------------------------------------------------------------------------------------- collapse facts
