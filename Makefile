@@ -24,7 +24,7 @@ STAMP := $(ENV_DIR)/.lightning-tickets
 
 help:
 	@echo "make test      install (test + demo extras) and run the test suite"
-	@echo "make test-min  run the suite in .venv-min with every dependency at its pyproject.toml floor"
+	@echo "make test-min  run the suite (test + demo extras) in .venv-min with every dependency at its pyproject.toml floor"
 	@echo "make wheel     build the wheel into dist/"
 	@echo "make demo      install (demo extra) and find a lottery ticket on easy-VQA (about 15 min on 2 CPU cores)"
 	@echo "make demo-quick   the 3-minute smoke version of the demo"
@@ -60,11 +60,12 @@ test-min: pyproject.toml
 	$(MIN_ENV)/bin/python -c "import torch" 2>/dev/null || \
 	  $(MIN_ENV)/bin/python -m pip --disable-pip-version-check install "$(TORCH_PIN)" $(TORCH_SOURCES)
 	$(MIN_ENV)/bin/python scripts/min_requirements.py > $(MIN_ENV)/floors.txt
-	$(MIN_ENV)/bin/python -m pip --disable-pip-version-check install -e ".[test]" -r $(MIN_ENV)/floors.txt
+	$(MIN_ENV)/bin/python -m pip --disable-pip-version-check install -e ".[test,demo]" -r $(MIN_ENV)/floors.txt
 	$(MIN_ENV)/bin/python -m pip freeze | grep -i -E "^(torch|lightning|torchmetrics|transformers|jsonargparse|safetensors|huggingface)"
 	$(MIN_ENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 wheel: $(STAMP)-test
+	rm -rf build  # stale modules of an earlier build would end up in the wheel
 	$(PIP) wheel --no-deps --no-build-isolation -w dist .
 
 demo: $(STAMP)-demo

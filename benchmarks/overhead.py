@@ -14,9 +14,9 @@ CPU with ``torch.set_num_threads(2)``, batch 128, AdamW (weight decay 0.01), in 
   the one ``apply_pruning`` call there; the per-step mechanism, ``torch.nn.utils.prune``'s ``weight_orig *
   weight_mask`` forward pre-hook, is Lightning's own). ``use_lottery_ticket_hypothesis=False``: its rewinding only
   acts at pruning time and is not timed;
-* ``proposed``: ``LotteryTicketCallback`` with the change proposed in ``docs/performance.md`` (on the CPU, multiply
-  by a copy of the masks in the parameters' dtype, so PyTorch runs a vectorised same-dtype multiply instead of its
-  scalar dtype-casting loop for float x bool).
+* ``proposed``: ``LotteryTicketCallback(cpu_float_masks=False)``: the bool multiply that the float-mask cache of
+  ``docs/performance.md`` replaced (on the CPU PyTorch runs a scalar dtype-casting loop for float x bool; ``ours``
+  multiplies by a cached copy of the masks in the parameters' dtype, the default).
 
 Each trial runs one short fit per setting (``--warmup`` steps discarded, then ``--steps`` timed). Each setting
 runs in its own process (its fits in the main thread, as in a user's script), and the fits of a trial step in
@@ -89,32 +89,19 @@ class PruneAtTrainStart(ModelPruning):
         self.apply_pruning(self._amount_at_start)
 
 
-class ProposedTicketCallback(LotteryTicketCallback):
-    """``LotteryTicketCallback`` with the proposed ``_apply_masks`` (see ``docs/performance.md``)."""
+def _timed_apply(sink: list[float]) -> None:
+    """Record the wall time of every mask application (``MaskStore.apply``) of this process in ``sink``."""
+    from lightning_tickets import layout
 
-    @torch.no_grad()
-    def _apply_masks(self) -> None:
-        masks = self.state.masks
-        if not masks:
-            return
-        params = [self._params[n] for n in masks]
-        cache = getattr(self, "_mask_factors", None)
-        if cache is None or cache[0] is not masks:  # st.masks is replaced (never mutated) when the mask changes
-            factors = [m.to(p.dtype) if p.device.type == "cpu" else m for p, m in zip(params, masks.values())]
-            cache = self._mask_factors = (masks, factors)
-        torch._foreach_mul_(params, cache[1])
+    inner = layout.MaskStore.apply
 
-
-def _timed_apply(cb: LotteryTicketCallback, sink: list[float]) -> None:
-    """Record the wall time of every ``cb._apply_masks()`` call in ``sink``."""
-    inner = cb._apply_masks
-
-    def wrapper() -> None:
+    def wrapper(self: Any, masks: Any) -> None:
         t0 = time.perf_counter()
-        inner()
-        sink.append(time.perf_counter() - t0)
+        inner(self, masks)
+        if masks:
+            sink.append(time.perf_counter() - t0)
 
-    cb._apply_masks = wrapper  # type: ignore[method-assign]
+    layout.MaskStore.apply = wrapper  # type: ignore[method-assign]
 
 
 def prepare_setting(
@@ -127,9 +114,11 @@ def prepare_setting(
     apply_times: list[float] = []
     cb: Any = None
     if name in ("ours", "proposed"):
-        cls = LotteryTicketCallback if name == "ours" else ProposedTicketCallback
-        cb = cls(ticket=str(ticket_path), monitor=None, ticket_dir=str(workdir / name), overwrite=True, plot=False)
-        _timed_apply(cb, apply_times)
+        cb = LotteryTicketCallback(
+            ticket=str(ticket_path), monitor=None, ticket_dir=str(workdir / name), overwrite=True, plot=False,
+            cpu_float_masks=name == "ours",
+        )  # fmt: skip
+        _timed_apply(apply_times)
     elif name == "modelpruning":
         modules = [(model.get_submodule(n.rsplit(".", 1)[0]), "weight") for n in scope_params(model)]
         cb = PruneAtTrainStart(

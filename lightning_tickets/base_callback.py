@@ -27,7 +27,7 @@ from lightning_tickets.layout import MaskStore
 from lightning_tickets.schedule import RoundPlan
 from lightning_tickets.scope import Scope
 from lightning_tickets.state import RunState, state_from_dict, state_to_dict
-from lightning_tickets.ticket_dir import TicketDir
+from lightning_tickets.ticket_dir import TicketDir, build_summary
 
 __all__ = ["TicketCallbackBase"]
 
@@ -58,12 +58,15 @@ class TicketCallbackBase(Callback):
     """Common base of the ticket callbacks (see the module docstring); not used directly."""
 
     round_plan: RoundPlan
+    sparsities: list[float]
+    target_sparsity: float
 
     def __init__(
         self,
         *,
         scope: str | dict[str, Any],
         monitor: str | None,
+        parameter_names: list[str] | None = None,
         mode: str,
         tolerance: float,
         ticket_dir: str,
@@ -84,7 +87,7 @@ class TicketCallbackBase(Callback):
                 "e.g. ticket_dir='runs/my_run/tickets'"
             )
         self.scope_spec = scope
-        self.scope = Scope.parse(scope)  # validates presets and regexes now, not at fit time
+        self.scope = Scope.parse(scope, parameter_names)  # validates presets and regexes now, not at fit time
         self.monitor = monitor
         self.mode = mode
         self.tolerance = float(tolerance)
@@ -133,6 +136,15 @@ class TicketCallbackBase(Callback):
     def _settings(self) -> dict[str, Any]:
         """The settings a resume must not change (compared key by key; see :meth:`load_state_dict`)."""
         return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance}
+
+    def _run_info(self) -> dict[str, Any]:
+        """The run's settings as ``summary.json`` and ticket metadata record them."""
+        return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance,
+                "sparsities": self.sparsities, "target_sparsity": self.target_sparsity}  # fmt: skip
+
+    def _summary(self) -> dict[str, Any]:
+        """``summary.json``'s content (see :func:`~lightning_tickets.ticket_dir.build_summary`)."""
+        return build_summary(self._run_info(), self.state)
 
     # ------------------------------------------------------------------ hooks shared by both modes
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -24,7 +24,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
+from lightning_tickets.fixed_ticket import FixedTicketDispatch
 from lightning_tickets.layout import mask_store_for, named_parameters
+from lightning_tickets.loops import run_missed_validation, warn_if_stopped_early
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.report import relative_score
 from lightning_tickets.rewind import RewindPoint, reset_optimizers
@@ -32,7 +34,6 @@ from lightning_tickets.schedule import RoundPlan, round_length, sparsity_schedul
 from lightning_tickets.scope import resolve_scope
 from lightning_tickets.scores import ScoreFn, density_facts, score_name, warn_collapse
 from lightning_tickets.structured import nm_schedule, parse_granularity
-from lightning_tickets.ticket_dir import build_summary
 
 __all__ = ["LotteryTicketCallback", "steps_per_round"]
 
@@ -40,19 +41,7 @@ __all__ = ["LotteryTicketCallback", "steps_per_round"]
 steps_per_round = round_length
 
 
-class _FixedTicketDispatch(type):
-    """``LotteryTicketCallback(ticket=PATH, ...)`` builds a :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback`
-    (done in the metaclass, so ``__init__``'s signature stays what LightningCLI / jsonargparse read)."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls.__name__ == "LotteryTicketCallback" and kwargs.get("ticket") is not None:
-            from lightning_tickets.fixed_ticket import FixedTicketCallback
-
-            return FixedTicketCallback(*args, **kwargs)
-        return super().__call__(*args, **kwargs)
-
-
-class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
+class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
     r"""Find lottery tickets by iterative magnitude pruning (IMP) with rewinding, inside ``Trainer.fit``.
 
     Round 0 trains dense. At the end of every round the monitored score is recorded and the round's ticket is
@@ -71,7 +60,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         rewind: ``"init"`` (weights at fit start), ``"step:K"`` / ``"epoch:K"`` (late rewinding into round 0) or
             ``"none"``.
         scope: a preset name (``"encoder"``, ``"linear"``, ``"all"``) or ``dict(include=[regex], exclude=[regex],
-            modules=["Linear"])`` over qualified module names.
+            modules=[nn.Linear or "Linear"], parameter_names=["weight"])``; regexes match module or parameter names.
+        parameter_names: which parameters of the scope's modules are pruned (default ``["weight"]``; e.g.
+            ``["weight", "bias"]`` as ``ModelPruning``); overrides the scope's. Unstructured granularities only.
         granularity: unstructured ``"global"`` (one threshold over the scope) or ``"layerwise"``; structured
             ``"heads"``, ``"neurons"`` or ``"heads+neurons"`` (whole attention heads / FFN neurons; the schedule's
             sparsity is then the fraction of heads / neurons removed, global, >= 1 per block); or an N:M pattern
@@ -87,17 +78,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         mode: ``"max"`` or ``"min"``: which direction of ``monitor`` is better.
         tolerance: relaxed winning ticket = ``score >= tolerance * dense`` (``mode="max"``).
         ticket_dir: directory for ``round-RR.safetensors`` tickets and ``summary.json``.
-        ticket: path of an existing ticket: train with that mask fixed (no pruning rounds). The constructor then
-            returns a :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback` (same arguments).
-        ticket_remap: prefix remapping of the fixed ticket's names (see :meth:`Ticket.apply`).
-        ticket_mask: with ``ticket``: train the ticket's own mask (``"ticket"``), a random mask of the same global
-            sparsity (``"random"``) or of the same per-tensor sparsities (``"random_matched"``) — the RP baseline.
-        ticket_weights: with ``ticket``: the weights the mask is applied to: ``"init"`` (the model's weights at fit
-            start), ``"shuffled"`` (θ″, shuffled within each tensor), ``"reinit"`` (random re-initialisation), or
-            the path of a checkpoint (θ′: ``.safetensors``, ``.ckpt`` or ``torch.save`` file, keys = parameter
-            names), loaded with ``torch.load(weights_only=True)``.
-        trust_checkpoint: with ``ticket_weights=PATH``: allow a ``.ckpt`` / ``.pt`` that needs a full unpickle
-            (which can run code from the file); only for files you trust.
+        ticket, ticket_remap, ticket_mask, ticket_weights, trust_checkpoint: fixed-ticket training (the paper's
+            baselines): with ``ticket=PATH`` the constructor returns a
+            :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback`, which documents them.
         overwrite: allow a non-empty ``ticket_dir`` from another run (its ticket files are removed first).
         seed: seed of the random-pruning generator (``method="random"``).
         snapshot_device: where the rewind snapshot lives (``"cpu"`` keeps device memory free); checked at
@@ -122,6 +105,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         steps_per_round: Optional[int] = None,
         rewind: str = "init",
         scope: Union[str, dict[str, Any]] = "encoder",
+        parameter_names: Optional[list[str]] = None,
         granularity: str = "global",
         method: Literal["magnitude", "random"] = "magnitude",
         rewind_head: bool = True,
@@ -144,9 +128,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         min_density: float = 0.0,
         collapse_threshold: Optional[float] = 0.05,
     ) -> None:
-        if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init":
+        if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init" or trust_checkpoint:
             raise ValueError(
-                "ticket_remap / ticket_mask / ticket_weights only apply with ticket=PATH (fixed-ticket training)"
+                "ticket_remap / ticket_mask / ticket_weights / trust_checkpoint only apply with ticket=PATH"
             )
         if (epochs_per_round is None) == (steps_per_round is None):
             raise ValueError(
@@ -154,17 +138,10 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
                 f"{epochs_per_round}, steps_per_round={steps_per_round}); e.g. epochs_per_round=1"
             )
         super().__init__(
-            scope=scope,
-            monitor=monitor,
-            mode=mode,
-            tolerance=tolerance,
-            ticket_dir=ticket_dir,
-            overwrite=overwrite,
-            seed=seed,
-            snapshot_device=snapshot_device,
-            plot=plot,
+            scope=scope, parameter_names=parameter_names, monitor=monitor, mode=mode, tolerance=tolerance,
+            ticket_dir=ticket_dir, overwrite=overwrite, seed=seed, snapshot_device=snapshot_device, plot=plot,
             cpu_float_masks=cpu_float_masks,
-        )
+        )  # fmt: skip
         self._kind, self._nm = parse_granularity(granularity)
         self.method, self.score, self.min_density = Pruner.settings(self._kind, method, self._nm, score, min_density)
         self.collapse_threshold = None if collapse_threshold is None else float(collapse_threshold)
@@ -186,25 +163,17 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         self.fixed_ticket_path = None  # fixed-ticket training is FixedTicketCallback
 
     def _settings(self) -> dict[str, Any]:
-        return {
-            "sparsities": self.sparsities,
-            "rewind": str(self.rewind),
-            "method": self.method,
-            **{"score": score_name(self.score), "min_density": self.min_density},
-            "granularity": self.granularity,
-            "epochs_per_round": self.epochs_per_round,
-            "steps_per_round": self.steps_per_round,
-            "rewind_head": self.rewind_head,
-            "reset_optimizer": self.reset_optimizer,
-            "scope": self.scope.to_dict(),
-            **super()._settings(),
-        }
+        return {"sparsities": self.sparsities, "rewind": str(self.rewind), "method": self.method,
+                "score": score_name(self.score), "min_density": self.min_density, "granularity": self.granularity,
+                "epochs_per_round": self.epochs_per_round, "steps_per_round": self.steps_per_round,
+                "rewind_head": self.rewind_head, "reset_optimizer": self.reset_optimizer,
+                "scope": self.scope.to_dict(), **super()._settings()}  # fmt: skip
 
     # ------------------------------------------------------------------ start
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Find the scope and its layout (refusing impossible set-ups before the sanity check)."""
         all_params = named_parameters(pl_module)
-        params = dict(resolve_scope(pl_module, self.scope_spec))
+        params = dict(resolve_scope(pl_module, self.scope))
         pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator, score=self.score,
                         min_density=self.min_density, sums=self.state.score_sums)  # fmt: skip
         store = mask_store_for(params, pruner, self.cpu_float_masks)  # refuses what a sharded layout can't do
@@ -230,13 +199,15 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
                 f"[lightning-tickets] resumed run {st.run_id or '(no id)'} in round {st.round} at sparsity "
                 f"{self.sparsities[min(st.round, self.num_rounds - 1)]:.2%}"
             )
+            self._catch_up(trainer, pl_module)
             return
         st.settings, st.scope_names = self._settings(), list(params)
         # θ0 must be identical on every rank (rank 0's): before the snapshot
         self._run.store.broadcast_weights(all_params)
         if self.rewind.kind == "init":
             st.snapshot = self._take_snapshot(pl_module)
-        st.round_start_step, st.round_start_epoch = trainer.global_step, trainer.current_epoch
+        st.epoch = trainer.current_epoch
+        st.round_start_step, st.round_start_epoch = trainer.global_step, st.epoch
         n = sum(p.numel() for p in params.values())
         rank_zero_info(
             f"[lightning-tickets] IMP over {len(params)} tensors / {n:,} weights (scope {self.scope.name!r}"
@@ -275,6 +246,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st = self.state
         if st.finished:
             return
+        st.epoch_end_pending = batch_idx + 1 >= trainer.num_training_batches
         done = trainer.global_step - st.round_start_step
         if self.rewind.kind == "step" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
@@ -291,10 +263,20 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
                 self._finish_round(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == self.state.last_epoch_end_step:
+            return  # Lightning re-runs the epoch end of a checkpoint saved there: already done
+        self._epoch_end(trainer, pl_module)
+        warn_if_stopped_early(trainer, self.state, self.sparsities)
+
+    def _epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The end of epoch ``state.epoch`` (the callback counts epoch ends itself: Lightning runs an epoch end twice
+        around a checkpoint saved there, and skips it for one saved at the epoch's last batch end)."""
         st = self.state
+        st.epoch_end_pending, st.last_epoch_end_step, epoch = False, trainer.global_step, st.epoch
+        st.epoch += 1
         if st.finished:
             return
-        done = trainer.current_epoch + 1 - st.round_start_epoch
+        done = epoch + 1 - st.round_start_epoch
         if self.rewind.kind == "epoch" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
         if self.epochs_per_round is None or done < self.epochs_per_round:
@@ -302,16 +284,37 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st.boundary = True
         if self._scored() and st.last_val_step != trainer.global_step:
             raise RuntimeError(
-                f"round {st.round} ended after epoch {trainer.current_epoch} but validation did not run at its "
-                f"end, so its score ({self.monitor!r}) is unknown; set check_val_every_n_epoch to a divisor of "
+                f"round {st.round} ended after epoch {epoch} but validation did not run at its end, so its score "
+                f"({self.monitor!r}) is unknown; set check_val_every_n_epoch to a divisor of "
                 f"epochs_per_round={self.epochs_per_round}"
             )
         self._finish_round(trainer, pl_module)
 
+    def _catch_up(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After a resume: do what Lightning skipped because the checkpoint was saved at a batch end (the validation
+        that scores a round that ended there; the end of an epoch whose last batch it was)."""
+        st = self.state
+        epoch_end_skipped = st.epoch_end_pending and st.last_val_step != trainer.global_step  # else: val-end ckpt
+        if st.finished:
+            return
+        if self.steps_per_round is not None:
+            unscored = st.boundary and not st.pending_transition
+        else:
+            unscored = epoch_end_skipped and st.epoch + 1 - st.round_start_epoch >= self.epochs_per_round
+        if unscored and self._scored():
+            run_missed_validation(trainer)  # steps mode: -> on_validation_end -> _finish_round
+        if epoch_end_skipped:
+            self._epoch_end(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._loaded is not None:  # resumed at the very last step: Lightning skipped training (and its hooks)
+            self.on_train_start(trainer, pl_module)
+            self.on_train_end(trainer, pl_module)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         st = self.state
-        if not st.finished:
+        if not st.finished and not warn_if_stopped_early(trainer, self.state, self.sparsities):
             rank_zero_warn(
                 f"training stopped before IMP finished: {len(st.rows)} of {self.num_rounds} rounds have a score "
                 f"(sparsities {self.round_plan.describe()}). Resume from a checkpoint or raise max_epochs/max_steps."
@@ -343,7 +346,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             "relative": relative_score(score, st.dense_score),
             "ticket": self._ticket_dir().round_path(st.round).name,
             "step": trainer.global_step,
-            "epoch": trainer.current_epoch,
+            "epoch": st.epoch,
             **density_facts(store.densities(masks), self.collapse_threshold),
         }
         st.rows.append(row)
@@ -385,18 +388,13 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st.masks = new
         store.apply(new)
         st.round = nxt
-        st.round_start_step, st.round_start_epoch = trainer.global_step, trainer.current_epoch
+        st.round_start_step, st.round_start_epoch = trainer.global_step, st.epoch
         st.pending_transition = False
         st.pending_optimizer_reset = self.reset_optimizer
         st.last_masked_step = trainer.global_step
 
-    # ------------------------------------------------------------------ summary
     def _run_info(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance, "method": self.method,
-                "granularity": self.granularity, "rewind": str(self.rewind), "schedule": self.schedule,
-                "rate": self.rate, "sparsities": self.sparsities, "target_sparsity": self.target_sparsity,
+        return {**super()._run_info(), "method": self.method, "granularity": self.granularity,
+                "rewind": str(self.rewind), "schedule": self.schedule, "rate": self.rate,
                 "pruning_score": score_name(self.score), "min_density": self.min_density,
                 "collapse_threshold": self.collapse_threshold}  # fmt: skip
-
-    def _summary(self) -> dict[str, Any]:
-        return build_summary(self._run_info(), self.state)

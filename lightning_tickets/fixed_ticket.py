@@ -26,16 +26,34 @@ from lightning_tickets.layout import mask_store_for, named_parameters
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.schedule import RoundPlan
 from lightning_tickets.ticket import Ticket
-from lightning_tickets.ticket_dir import build_summary
 
-__all__ = ["FixedTicketCallback"]
+__all__ = ["FixedTicketCallback", "FixedTicketDispatch"]
 
 
 class FixedTicketCallback(TicketCallbackBase):
-    """Train with a fixed ticket (no pruning rounds). Arguments as :class:`LotteryTicketCallback`'s ``ticket*``,
-    ``scope`` (only for the ticket-match report), ``monitor``, ``mode``, ``tolerance``, ``ticket_dir`` (where
-    ``summary.json`` goes), ``overwrite``, ``seed`` (random masks, shuffling), ``snapshot_device``, ``plot`` and
-    ``cpu_float_masks``; the IMP arguments are accepted and ignored (so one yaml can switch modes)."""
+    """Train with a fixed ticket (no pruning rounds): one round, the whole fit.
+
+    Args:
+        ticket: path of an existing ticket: train with that mask fixed (no pruning rounds).
+        ticket_remap: prefix remapping of the fixed ticket's names (see :meth:`Ticket.apply`).
+        ticket_mask: with ``ticket``: train the ticket's own mask (``"ticket"``), a random mask of the same global
+            sparsity (``"random"``) or of the same per-tensor sparsities (``"random_matched"``) — the RP baseline.
+        ticket_weights: with ``ticket``: the weights the mask is applied to: ``"init"`` (the model's weights at fit
+            start), ``"shuffled"`` (θ″, shuffled within each tensor), ``"reinit"`` (random re-initialisation), or
+            the path of a checkpoint (θ′: ``.safetensors``, ``.ckpt`` or ``torch.save`` file, keys = parameter
+            names), loaded with ``torch.load(weights_only=True)``.
+        trust_checkpoint: with ``ticket_weights=PATH``: allow a ``.ckpt`` / ``.pt`` that needs a full unpickle
+            (which can run code from the file); only for files you trust.
+        scope, monitor, mode, tolerance, ticket_dir, overwrite, seed, snapshot_device, plot, cpu_float_masks: as
+            :class:`~lightning_tickets.callback.LotteryTicketCallback` (``scope`` only feeds the ticket-match report;
+            ``ticket_dir`` receives ``summary.json``; ``seed`` seeds random masks and shuffling). The IMP arguments
+            are accepted and ignored, so one yaml can switch modes.
+
+    Example:
+        >>> cb = FixedTicketCallback("tickets/round-02.safetensors", ticket_weights="shuffled")
+        >>> cb.sparsities  # the ticket's sparsity once training starts
+        [0.0]
+    """
 
     def __init__(
         self,
@@ -79,6 +97,10 @@ class FixedTicketCallback(TicketCallbackBase):
             "ticket_weights": self.ticket_weights,
             **super()._settings(),
         }
+
+    def _run_info(self) -> dict[str, Any]:
+        return {**super()._run_info(), "ticket": str(self.fixed_ticket_path), "ticket_mask": self.ticket_mask,
+                "ticket_weights": self.ticket_weights}  # fmt: skip
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         params = named_parameters(pl_module)
@@ -167,8 +189,14 @@ class FixedTicketCallback(TicketCallbackBase):
         ]
         st.finished = True
         if trainer.is_global_zero:
-            info = {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance,
-                    "ticket": str(self.fixed_ticket_path), "ticket_mask": self.ticket_mask,
-                    "ticket_weights": self.ticket_weights, "sparsities": self.sparsities,
-                    "target_sparsity": self.target_sparsity}  # fmt: skip
-            self._ticket_dir().write_summary(build_summary(info, st))
+            self._ticket_dir().write_summary(self._summary())
+
+
+class FixedTicketDispatch(type):
+    """``LotteryTicketCallback(ticket=PATH, ...)`` builds a :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback`
+    (done in the metaclass, so ``__init__``'s signature stays what LightningCLI / jsonargparse read)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls.__name__ == "LotteryTicketCallback" and kwargs.get("ticket") is not None:
+            return FixedTicketCallback(*args, **kwargs)
+        return super().__call__(*args, **kwargs)

@@ -135,6 +135,12 @@ class Pruner:
     def prepare(self, module: torch.nn.Module, params: Mapping[str, torch.Tensor], sparsities: Sequence[float]) -> None:
         """Find the heads / neurons in scope (structured kinds) or check the N:M shapes, refusing impossible
         schedules before training."""
+        flat = [n for n, p in params.items() if p.dim() < 2]
+        if flat and not self.unstructured:
+            raise ValueError(
+                f"granularity={self.kind!r} prunes heads / neurons / N:M groups of weight matrices, but the scope "
+                f"holds 1-d parameters {flat[:3]} (biases?); use parameter_names=['weight'] or granularity='global'"
+            )
         if self.kind in STRUCTURED:
             structure = find_structure(module).restricted(params)
             check_structured_sparsity(structure, self.kind, sparsities[-1])

@@ -61,6 +61,10 @@ class RunState:
         last_val_score: the monitored score that validation logged (``None``: not logged); a round that ends
             right after it uses it, also when the run resumed from a checkpoint saved at that validation's end.
         last_masked_step: ``global_step`` at which masks were last re-applied after an optimizer step.
+        epoch: the current epoch, counted by the callback's own epoch ends (a round's row records it).
+        epoch_end_pending: that batch was its epoch's last and the epoch end has not run yet (a checkpoint saved at
+            that batch end resumes past the epoch end: the callback then runs its own epoch-end step).
+        last_epoch_end_step: ``global_step`` at the last epoch end handled (Lightning may repeat that hook).
         generator: the random-pruning generator (``method="random"``).
         run_id: identity of this run, shared by its checkpoints and its ``summary.json``.
         settings: the callback settings the run was started with (a resume compares them).
@@ -85,6 +89,9 @@ class RunState:
     last_val_step: int = -1
     last_val_score: float | None = None
     last_masked_step: int = -1
+    epoch: int = 0
+    epoch_end_pending: bool = False
+    last_epoch_end_step: int = -1
     generator: torch.Generator = field(default_factory=torch.Generator)
     run_id: str = field(default_factory=new_run_id)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -143,7 +150,7 @@ def state_from_dict(
             continue
         value = sd[f.name]
         if f.name == "masks" and value is not None:
-            value = local_masks({n: unpack_bits(v["bits"], v["shape"]) for n, v in value.items()})
+            value = local_masks({n: _unpack(n, v) for n, v in value.items()})
         elif f.name == "snapshot" and value is not None:
             value = local_snapshot(dict(value))
         elif f.name == "generator":
@@ -155,3 +162,12 @@ def state_from_dict(
             value = copy.deepcopy(value)
         setattr(state, f.name, value)
     return state
+
+
+def _unpack(name: str, entry: Any) -> torch.Tensor:
+    try:
+        return unpack_bits(entry["bits"], entry["shape"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"the checkpoint's mask state for {name!r} is corrupt ({err}); resume from another checkpoint of the run"
+        ) from None

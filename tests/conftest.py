@@ -9,6 +9,9 @@ import pytest
 
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
+# Tests never use the network: a path that looks like a hub id must resolve from a local cache or fail at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")

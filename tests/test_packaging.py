@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,7 @@ from lightning_tickets.paths import CONFIGS_DIR, example_config, example_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+_NOT_SOURCES = (".git", ".venv*", "build", "dist", "*.egg-info", "runs", "site", "__pycache__", ".*_cache")
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +29,12 @@ def wheel(tmp_path_factory) -> Path:
     major = int(setuptools.__version__.split(".")[0])
     assert major >= 77, f"setuptools {setuptools.__version__}: the test extra requires setuptools>=77 (PEP 639)"
     out = tmp_path_factory.mktemp("wheel")
+    # a clean copy of the sources: a build/ left in the working tree by an earlier build would leak stale modules
+    src = out / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*_NOT_SOURCES))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "-w", str(out)]
-        + [str(ROOT)],
+        + [str(src)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -59,6 +64,14 @@ def test_wheel_ships_license_py_typed_and_every_example_config(wheel):
     top = {n.split("/")[0] for n in names}
     assert top == {"lightning_tickets", dist_info}, top  # no tests/, examples/, benchmarks/, scripts/
     assert not any("/tests/" in n or n.endswith("conftest.py") for n in names)
+    # the modules are exactly the package's own (nothing from examples/ through the configs link)
+    modules = {n for n in names if n.endswith(".py")}
+    package = ROOT / "lightning_tickets"
+    own = {f"lightning_tickets/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")}
+    own = {n for n in own if not n.startswith("lightning_tickets/configs/")}
+    assert modules == own, sorted(modules ^ own)[:10]
+    configs = {n for n in names if n.startswith("lightning_tickets/configs/")}
+    assert configs == {f"lightning_tickets/configs/{p.parent.name}/{p.name}" for p in _shipped_yaml()}
 
 
 def test_wheel_metadata_license_classifiers_and_urls(wheel):

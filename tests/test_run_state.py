@@ -145,3 +145,35 @@ def test_ticket_argument_builds_a_fixed_ticket_callback(tmp_path):
     cb = LotteryTicketCallback(ticket=str(tmp_path / "t.safetensors"), ticket_mask="random")
     assert isinstance(cb, FixedTicketCallback) and cb.ticket_mask == "random"
     assert not math.isnan(cb.tolerance)
+
+
+def test_early_stopping_before_the_last_round_is_reported_when_it_happens(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stop = EarlyStopping(monitor="val/acc", mode="max", stopping_threshold=0.0)  # stops at the first validation
+    cb = _cb(tmp_path, monitor="val/acc")
+    with pytest.warns(UserWarning, match=r"EarlyStopping\(monitor='val/acc'\) stopped the fit in round 0 of 3") as rec:
+        _trainer([cb, stop], tmp_path).fit(ToyClassifier(), ToyDataModule(**DATA))
+    assert not cb.state.finished and len(cb.results) == 1
+    assert not any("training stopped before IMP finished" in str(w.message) for w in rec)  # said once, precisely
+    assert cb.state.early_stop_warned
+
+
+def test_parameter_names_prunes_biases_too(tmp_path):
+    cb = _cb(tmp_path, monitor=None, parameter_names=["weight", "bias"])
+    _trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**DATA))
+    assert any(n.endswith(".bias") for n in cb.masks) and any(n.endswith(".weight") for n in cb.masks)
+    with pytest.raises(ValueError, match="1-d parameters"):
+        cb = LotteryTicketCallback(
+            granularity="2:4", schedule=[0.25], parameter_names=["bias"], monitor=None, epochs_per_round=1,
+            ticket_dir=str(tmp_path / "h"), plot=False,
+        )  # fmt: skip
+        _trainer([cb], tmp_path).fit(ToyClassifier(), ToyDataModule(**DATA))
+
+
+def test_corrupt_mask_state_names_the_tensor():
+    st = RunState(masks={"enc.w": torch.ones(3, 5, dtype=torch.bool)})
+    sd = state_to_dict(st)
+    sd["masks"]["enc.w"]["bits"] = sd["masks"]["enc.w"]["bits"][:1]  # truncated
+    with pytest.raises(ValueError, match="mask state for 'enc.w' is corrupt"):
+        state_from_dict(sd)

@@ -196,3 +196,35 @@ def test_to_dict_round_trips_classes_and_parameter_names():
     model = ToyClassifier(num_layers=2)
     assert scope_names(model, Scope.parse(data)) == scope_names(model, scope)
     assert Scope.parse("encoder").to_dict()["parameter_names"] == ["weight"]
+
+
+def test_callback_prunes_biases_through_a_scope_dict(tmp_path):
+    """The callback passes a scope dict through: classes and parameter_names reach the masks and the metadata."""
+    import lightning as L
+
+    from lightning_tickets import LotteryTicketCallback, Ticket
+    from lightning_tickets.toy import ToyDataModule
+
+    L.seed_everything(0)
+    scope = {"include": [r"^encoder\."], "modules": [nn.Linear], "parameter_names": ["weight", "bias"]}
+    cb = LotteryTicketCallback(
+        target_sparsity=0.5, schedule=[0.5], epochs_per_round=1, scope=scope, ticket_dir=tmp_path, monitor="val/acc"
+    )
+    model = ToyClassifier(num_layers=1)
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, ToyDataModule(num_samples=128))
+    ticket = Ticket.load(tmp_path / "round-01.safetensors")
+    assert sorted(ticket.masks) == sorted(scope_names(model, scope))
+    assert any(n.endswith(".bias") for n in ticket.masks)
+    assert ticket.metadata["scope"]["parameter_names"] == ["weight", "bias"]
+    assert ticket.metadata["scope"]["modules"] == ["torch.nn.modules.linear.Linear"]
+    params = dict(model.named_parameters())
+    for name, mask in ticket.masks.items():  # the pruned entries are zero in the model, biases included
+        assert bool((params[name].detach()[~mask] == 0).all()), name

@@ -25,10 +25,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_tickets.backbones.base import resolve_local_path
 from lightning_tickets.data.collators import VLBatchCollator
 from lightning_tickets.data.formats import FormatError
 from lightning_tickets.data.images import ImageFolder, MultiSource, open_image_source
+from lightning_tickets.paths import resolve_local_path
 
 log = logging.getLogger(__name__)
 
