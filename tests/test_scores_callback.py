@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import lightning as L
@@ -233,3 +234,32 @@ def test_cli_config_takes_score_names_and_dotted_callables():
         cfg = parser.parse_args(["--cb.epochs_per_round=1", f"--cb.score={value}", "--cb.min_density=0.01"])
         cb = parser.instantiate(cfg).cb
         assert cb.score == expected and cb.min_density == 0.01
+
+
+def _taylor_run(d, ckpt_path=None, checkpoints=()):
+    L.seed_everything(0, verbose=False)
+    cb = LotteryTicketCallback(
+        target_sparsity=0.75, schedule=[0.5, 0.75], steps_per_round=2, score="taylor", monitor="val/acc", plot=False,
+        ticket_dir=str(d / "tickets"),
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", callbacks=[cb, *checkpoints], logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=bool(checkpoints), default_root_dir=d,
+        max_steps=6, val_check_interval=2, check_val_every_n_epoch=None,
+    )  # fmt: skip
+    trainer.fit(ToyClassifier(lr=0.05), ToyDataModule(num_samples=16, batch_size=16), ckpt_path=ckpt_path)
+    return cb
+
+
+def test_taylor_resume_from_every_batch_end_checkpoint_gives_the_same_masks(tmp_path):
+    """A checkpoint after every optimizer step (one batch per epoch): each carries the sums so far."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="batch-{step}", every_n_train_steps=1, save_top_k=-1)
+    ref = _taylor_run(tmp_path / "ref", checkpoints=[ckpt])
+    files = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert len(files) == 6
+    for path in files:
+        run_dir = tmp_path / f"resume-{path.stem}"
+        shutil.copytree(tmp_path / "ref", run_dir)
+        cb = _taylor_run(run_dir, ckpt_path=path)
+        assert [r["score"] for r in cb.results] == [r["score"] for r in ref.results], path.name
+        assert all(torch.equal(cb.masks[n], ref.masks[n]) for n in ref.masks), path.name
