@@ -129,13 +129,27 @@ def accumulate_taylor(sums: dict[str, torch.Tensor], params: Mapping[str, torch.
         if g is None:
             continue
         contribution = torch.nan_to_num_(torch.mul(p.detach(), g).abs_().float(), nan=0.0, posinf=0.0, neginf=0.0)
-        acc = sums.get(name)
+        acc = _sum_for(sums, name, contribution)
         if acc is None:
-            sums[name] = contribution if contribution.dtype == torch.float32 else contribution.float()
+            sums[name] = contribution
         else:
-            if acc.device != contribution.device:
-                acc = sums[name] = acc.to(contribution.device)
             acc.add_(contribution)
+
+
+def _sum_for(sums: Mapping[str, torch.Tensor], name: str, like: torch.Tensor) -> torch.Tensor | None:
+    """``sums[name]`` on ``like``'s device (``None`` if absent), refusing one that does not fit the parameter."""
+    acc = sums.get(name)
+    if acc is None:
+        return None
+    if not isinstance(acc, torch.Tensor) or acc.shape != like.shape or acc.dtype != torch.float32:
+        got = f"{tuple(acc.shape)} {acc.dtype}" if isinstance(acc, torch.Tensor) else type(acc).__name__
+        raise ValueError(
+            f"the accumulated Taylor scores of {name!r} are {got}, but the parameter is {tuple(like.shape)} (float32 "
+            "sums expected): the run state does not belong to this model; resume from a checkpoint of this run"
+        )
+    if acc.device != like.device and isinstance(sums, dict):
+        acc = sums[name] = acc.to(like.device)
+    return acc.to(like.device)
 
 
 def _call_score(fn: ScoreFn, name: str, p: torch.Tensor) -> torch.Tensor:
@@ -183,9 +197,8 @@ def score_tensors(
                 "backward pass (LotteryTicketCallback does it in on_before_optimizer_step); did the round run any "
                 "optimizer step?"
             )
-        return {
-            n: sums[n].to(p.device) if n in sums else torch.zeros(p.shape, device=p.device) for n, p in params.items()
-        }
+        found = {n: _sum_for(sums, n, p.detach()) for n, p in params.items()}
+        return {n: torch.zeros(p.shape, device=p.device) if found[n] is None else found[n] for n, p in params.items()}
     if callable(score):
         return {n: _call_score(score, n, p) for n, p in params.items()}
     raise ValueError(f"score={score!r} is unknown; use one of {', '.join(map(repr, SCORES))} or a callable")

@@ -305,6 +305,11 @@ def test_taylor_skips_missing_and_non_finite_gradients():
     h.grad = torch.tensor([2.0, 0.25], dtype=torch.bfloat16)
     accumulate_taylor(sums, {"h": h})
     assert sums["h"].dtype == torch.float32 and sums["h"].tolist() == [3.0, 0.5]  # half precision: float32 sums
+    sums["a"] = torch.zeros(4)  # e.g. the run state of another model
+    with pytest.raises(ValueError, match=r"Taylor scores of 'a' are \(4,\) torch.float32, but the parameter is \(3,\)"):
+        accumulate_taylor(sums, {"a": a})
+    with pytest.raises(ValueError, match="does not belong to this model"):
+        score_tensors("taylor", {"a": a}, None, sums=sums)
 
 
 # ---------------------------------------------------------------------------------------------- collapse facts
