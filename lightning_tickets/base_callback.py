@@ -149,6 +149,12 @@ class TicketCallbackBase(Callback):
         return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance,
                 "sparsities": self.sparsities, "target_sparsity": self.target_sparsity}  # fmt: skip
 
+    def _ticket_metadata(self, trainer: pl.Trainer, pl_module: pl.LightningModule, score: float | None) -> dict:
+        st = self.state
+        return {"round": st.round, "score": score, "dense_score": st.dense_score, **self._run_info(),
+                "scope": self.scope.to_dict(), "global_step": trainer.global_step, "run_id": st.run_id,
+                "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"}  # fmt: skip
+
     def _summary(self) -> dict[str, Any]:
         """``summary.json``'s content (see :func:`~lightning_tickets.ticket_dir.build_summary`)."""
         return build_summary(self._run_info(), self.state)
@@ -179,6 +185,10 @@ class TicketCallbackBase(Callback):
         pl_module.log("tickets/round", float(st.round), prog_bar=True, on_step=True, on_epoch=False)
         sparsity = self.round_plan.sparsities[min(st.round, self.num_rounds - 1)]
         pl_module.log("tickets/sparsity", float(sparsity), prog_bar=True, on_step=True, on_epoch=False)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self._run is not None and not self.state.finished:
+            self._run.store.pruner.observe(self._run.store.params)  # gradient-aware scores (score="taylor")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
@@ -253,5 +263,6 @@ class TicketCallbackBase(Callback):
         )
         self.state.settings = self._settings()
         run.store.pruner.generator = self.state.generator
+        run.store.pruner.sums = self.state.score_sums
         run.store.apply(self.state.masks)
         self._loaded = None

@@ -33,6 +33,7 @@ from lightning_tickets.report import relative_score
 from lightning_tickets.rewind import RewindPoint, reset_optimizers
 from lightning_tickets.schedule import RoundPlan, round_length, sparsity_schedule
 from lightning_tickets.scope import resolve_scope
+from lightning_tickets.scores import ScoreFn, density_facts, score_name, warn_collapse
 from lightning_tickets.structured import nm_schedule, parse_granularity
 from lightning_tickets.trainer_checks import all_finished, check_trainer
 
@@ -64,12 +65,13 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             modules=[nn.Linear or "Linear"], parameter_names=["weight"])``; regexes match module or parameter names.
         parameter_names: which parameters of the scope's modules are pruned (default ``["weight"]``; e.g.
             ``["weight", "bias"]`` as ``ModelPruning``); overrides the scope's. Unstructured granularities only.
-        granularity: unstructured ``"global"`` (one threshold over the scope) or ``"layerwise"``; structured
-            ``"heads"``, ``"neurons"`` or ``"heads+neurons"`` (whole attention heads / FFN neurons; the schedule's
-            sparsity is then the fraction of heads / neurons removed, global, >= 1 per block); or an N:M pattern
-            such as ``"2:4"`` (the schedule runs to ``1 - N/M``, ``target_sparsity`` is ignored, and the last round
-            applies the pattern). See docs/faster-tickets.md.
+        granularity: ``"global"`` (one threshold over the scope), ``"layerwise"``, ``"heads"`` / ``"neurons"`` /
+            ``"heads+neurons"`` (sparsity = fraction of heads / neurons removed, >= 1 kept per block) or an N:M
+            pattern such as ``"2:4"`` (runs to ``1 - N/M``; the last round applies it). docs/faster-tickets.md.
         method: ``"magnitude"`` or ``"random"`` (random-pruning baseline with the same schedule).
+        score: ``"magnitude"``, ``"random"``, ``"lamp"``, ``"taylor"`` or ``fn(name, param)`` (docs/scores.md).
+        min_density: each tensor keeps at least this fraction of its weights (global granularity; ``0``: off).
+        collapse_threshold: warn when a new mask leaves a tensor below this fraction of the scope's density.
         rewind_head: rewind parameters outside the scope too (task head, embeddings).
         reset_optimizer: fresh optimizer state and LR schedulers at every round.
         monitor: metric read from ``trainer.callback_metrics`` at each round end (``None``: no scores).
@@ -81,12 +83,10 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback`, which documents them.
         overwrite: allow a non-empty ``ticket_dir`` from another run (its ticket files are removed first).
         seed: seed of the random-pruning generator (``method="random"``).
-        snapshot_device: where the rewind snapshot lives (``"cpu"`` keeps device memory free); checked at
-            construction.
+        snapshot_device: where the rewind snapshot lives (``"cpu"``, the default, keeps device memory free).
         plot: write ``summary.png`` (needs matplotlib) at the end of IMP.
-        cpu_float_masks: for parameters on the CPU, multiply by a cached copy of the mask in the weights' dtype
-            (about 2x faster than a bool multiply on CPU, +4 B/weight of host memory; see docs/performance.md).
-            Masks on accelerators are always applied as bool (1 B/weight). The saved state is bool either way.
+        cpu_float_masks: on the CPU, multiply by a cached copy of the masks in the weights' dtype (~2x faster than
+            bool, +4 B/weight; docs/performance.md). Accelerators always apply bool masks; saved masks are bool.
 
     Example:
         >>> cb = LotteryTicketCallback(0.7, schedule="geometric", rate=0.5, steps_per_round=100, monitor=None)
@@ -122,29 +122,27 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         snapshot_device: str = "cpu",
         plot: bool = True,
         cpu_float_masks: bool = True,
+        score: Union[str, ScoreFn] = "magnitude",
+        min_density: float = 0.0,
+        collapse_threshold: Optional[float] = 0.05,
     ) -> None:
         if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init" or trust_checkpoint:
             raise ValueError(
                 "ticket_remap / ticket_mask / ticket_weights / trust_checkpoint only apply with ticket=PATH"
             )
-        if (epochs_per_round is None) == (steps_per_round is None):
-            raise ValueError(
-                f"give exactly one of epochs_per_round and steps_per_round (got epochs_per_round="
-                f"{epochs_per_round}, steps_per_round={steps_per_round}); e.g. epochs_per_round=1"
-            )
-        if method not in ("magnitude", "random"):
-            raise ValueError(f"method={method!r} is unknown; use 'magnitude' or 'random'")
         super().__init__(
             scope=scope, parameter_names=parameter_names, monitor=monitor, mode=mode, tolerance=tolerance,
             ticket_dir=ticket_dir, overwrite=overwrite, seed=seed, snapshot_device=snapshot_device, plot=plot,
             cpu_float_masks=cpu_float_masks,
         )  # fmt: skip
         self._kind, self._nm = parse_granularity(granularity)
+        self.method, self.score, self.min_density = Pruner.settings(self._kind, method, self._nm, score, min_density)
+        self.collapse_threshold = None if collapse_threshold is None else float(collapse_threshold)
         if self._nm is not None:
             sparsities = nm_schedule(*self._nm, schedule, rate)
         else:
             sparsities = sparsity_schedule(target_sparsity, schedule, rate)
-        self.round_plan = RoundPlan(sparsities, epochs_per_round, steps_per_round, RewindPoint.parse(rewind))
+        self.round_plan = RoundPlan.of_rounds(sparsities, epochs_per_round, steps_per_round, RewindPoint.parse(rewind))
         self.sparsities = sparsities
         self.target_sparsity = sparsities[-1]
         self.schedule = schedule if isinstance(schedule, str) else [float(s) for s in schedule]
@@ -153,24 +151,16 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         self.steps_per_round = steps_per_round
         self.rewind = self.round_plan.rewind
         self.granularity = granularity
-        self.method = method
         self.rewind_head = bool(rewind_head)
         self.reset_optimizer = bool(reset_optimizer)
         self.fixed_ticket_path = None  # fixed-ticket training is FixedTicketCallback
 
     def _settings(self) -> dict[str, Any]:
-        return {
-            "sparsities": self.sparsities,
-            "rewind": str(self.rewind),
-            "method": self.method,
-            "granularity": self.granularity,
-            "epochs_per_round": self.epochs_per_round,
-            "steps_per_round": self.steps_per_round,
-            "rewind_head": self.rewind_head,
-            "reset_optimizer": self.reset_optimizer,
-            "scope": self.scope.to_dict(),
-            **super()._settings(),
-        }
+        return {"sparsities": self.sparsities, "rewind": str(self.rewind), "method": self.method,
+                "score": score_name(self.score), "min_density": self.min_density, "granularity": self.granularity,
+                "epochs_per_round": self.epochs_per_round, "steps_per_round": self.steps_per_round,
+                "rewind_head": self.rewind_head, "reset_optimizer": self.reset_optimizer,
+                "scope": self.scope.to_dict(), **super()._settings()}  # fmt: skip
 
     # ------------------------------------------------------------------ start
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -178,7 +168,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         all_params = named_parameters(pl_module)
         params = dict(resolve_scope(pl_module, self.scope))
         check_trainer(trainer, pl_module, self, list(params))  # other ticket callbacks, monitored ModelCheckpoint
-        pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator)
+        pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator, score=self.score,
+                        min_density=self.min_density, sums=self.state.score_sums)  # fmt: skip
         store = mask_store_for(params, pruner, self.cpu_float_masks)  # refuses what a sharded layout can't do
         pruner.prepare(pl_module, params, self.sparsities)
         self._run = _Runtime(store, all_params, self._validates(trainer, pl_module))
@@ -356,6 +347,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             "ticket": self._ticket_dir().round_path(st.round).name,
             "step": trainer.global_step,
             "epoch": st.epoch,
+            **density_facts(store.densities(masks), self.collapse_threshold),
         }
         st.rows.append(row)
         log_round(trainer, st.rows, st.dense_score, self.tolerance, self.mode)
@@ -377,18 +369,13 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             + ("" if rel is None else f" ({rel:.3f} of dense)")
         )
 
-    def _ticket_metadata(self, trainer: pl.Trainer, pl_module: pl.LightningModule, score: float | None) -> dict:
-        st = self.state
-        return {"round": st.round, "score": score, "dense_score": st.dense_score, **self._run_info(),
-                "scope": self.scope.to_dict(), "global_step": trainer.global_step, "run_id": st.run_id,
-                "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"}  # fmt: skip
-
     def _transition(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the next round: new mask from the trained weights, rewind, zero pruned weights, schedule a reset."""
         st, store = self.state, self._run.store
         nxt = st.round + 1
         params = named_parameters(pl_module)  # FSDP2: resharded, so the next forward gathers the new shards
         new = store.compute(st.masks, self.sparsities[nxt], final=nxt == self.num_rounds - 1)
+        warn_collapse(store.densities(new), self.collapse_threshold, nxt)
         if self.rewind.kind != "none":
             if st.snapshot is None:
                 raise RuntimeError(f"no rewind snapshot was taken for rewind='{self.rewind}' (round 0 too short?)")
@@ -403,4 +390,6 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
 
     def _run_info(self) -> dict[str, Any]:
         return {**super()._run_info(), "method": self.method, "granularity": self.granularity,
-                "rewind": str(self.rewind), "schedule": self.schedule, "rate": self.rate}  # fmt: skip
+                "rewind": str(self.rewind), "schedule": self.schedule, "rate": self.rate,
+                "pruning_score": score_name(self.score), "min_density": self.min_density,
+                "collapse_threshold": self.collapse_threshold}  # fmt: skip

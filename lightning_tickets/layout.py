@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import torch
 
-from lightning_tickets.distributed import broadcast_masks, broadcast_tensors_, is_distributed
+from lightning_tickets.distributed import all_reduce_sum, broadcast_masks, broadcast_tensors_, is_distributed
 from lightning_tickets.masks import sparsity_of
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.rewind import restore_snapshot, take_snapshot
@@ -148,10 +148,12 @@ class ShardedMaskStore(MaskStore):
     sharded = True
 
     def __init__(self, params: Mapping[str, torch.nn.Parameter], pruner: Pruner, cpu_float_masks: bool = True):
-        if not pruner.unstructured:
+        problem = pruner.sharding_problem()
+        if problem is not None:
             raise ValueError(
-                f"granularity={pruner.kind!r} is not supported on sharded (FSDP2) parameters yet; use "
-                "granularity='global' or 'layerwise', or train with strategy='ddp'"
+                f"{problem} is not supported on sharded (FSDP2) parameters yet: they take granularity='global' or "
+                "'layerwise' with score='magnitude' or 'random' and no min_density; use those, or train with "
+                "strategy='ddp'"
             )
         super().__init__(params, pruner, cpu_float_masks)
 
@@ -167,8 +169,10 @@ class ShardedMaskStore(MaskStore):
         return global_sparsity(masks)
 
     def densities(self, masks: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
-        full = gather_masks(masks, self.params, dst=None)
-        return {n: (int(m.count_nonzero()), m.numel()) for n, m in full.items()}
+        # every weight lives in exactly one rank's shard: sum the local counts (no gather of the masks)
+        names = list(masks)
+        kept = all_reduce_sum(torch.tensor([int(masks[n].count_nonzero()) for n in names], dtype=torch.int64))
+        return {n: (int(k), self.params[n].numel()) for n, k in zip(names, kept.tolist())}
 
     def full_masks(self, masks: Masks) -> Masks:
         return gather_masks(masks, self.params, dst=0)

@@ -139,6 +139,18 @@ class RoundPlan:
             unit = "epochs_per_round" if self.rewind.kind == "epoch" else "steps_per_round"
             raise ValueError(f"rewind='{self.rewind}' points past round 0 ({unit}={per}); use K < {per}")
 
+    @classmethod
+    def of_rounds(
+        cls, sparsities: Sequence[float], epochs_per_round: int | None, steps_per_round: int | None, rewind: RewindPoint
+    ) -> RoundPlan:
+        """A plan of IMP rounds: exactly one of ``epochs_per_round`` / ``steps_per_round`` must be given."""
+        if (epochs_per_round is None) == (steps_per_round is None):
+            raise ValueError(
+                f"give exactly one of epochs_per_round and steps_per_round (got epochs_per_round="
+                f"{epochs_per_round}, steps_per_round={steps_per_round}); e.g. epochs_per_round=1"
+            )
+        return cls(sparsities, epochs_per_round, steps_per_round, rewind)
+
     @property
     def num_rounds(self) -> int:
         """Rounds including the dense round 0."""

@@ -70,6 +70,9 @@ class RunState:
         settings: the callback settings the run was started with (a resume compares them).
         scope_names: the parameters in the pruning scope, in order (a resume checks the model has the same).
         early_stop_warned: an early stop before the last round has already been reported.
+        score_sums: accumulated importance of the round being trained, by parameter name (``score="taylor"``:
+            float32 sums of ``|w * grad|`` over its optimizer steps; empty otherwise and after each mask
+            computation). Saved on the host, moved back to the parameters' devices at the next step.
     """
 
     round: int = 0
@@ -94,6 +97,7 @@ class RunState:
     settings: dict[str, Any] = field(default_factory=dict)
     scope_names: list[str] = field(default_factory=list)
     early_stop_warned: bool = False
+    score_sums: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _identity(x: Any) -> Any:
@@ -117,6 +121,8 @@ def state_to_dict(
             value = {n: {"shape": list(m.shape), "bits": pack_bits(m)} for n, m in full_masks(value).items()}
         elif f.name == "snapshot" and value is not None:
             value = {n: t.detach().cpu() for n, t in full_snapshot(value).items()}
+        elif f.name == "score_sums":
+            value = {n: t.detach().to("cpu", copy=True) for n, t in value.items()}
         elif isinstance(value, torch.Generator):
             value = value.get_state()
         else:
