@@ -247,12 +247,11 @@ def test_report_with_plot_writes_summary_png(tmp_path):
 
 
 def test_report_says_when_the_plot_is_skipped(tmp_path, monkeypatch):
-    import lightning_tickets.ticket_dir as td
+    import sys
 
-    def no_matplotlib(*args, **kwargs):
-        raise ImportError("plotting needs matplotlib")
-
-    monkeypatch.setattr(td, "plot_summary", no_matplotlib)
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] or ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # every import of matplotlib now raises ImportError
     summary = build_summary(INFO, RunState(rows=ROWS, dense_score=0.8))
-    text = TicketDir(tmp_path).report(summary, plot=True)
-    assert text.splitlines()[-1] == "plot skipped: plotting needs matplotlib"
+    last = TicketDir(tmp_path).report(summary, plot=True).splitlines()[-1]
+    assert last.startswith("plot skipped: ") and "pip install 'lightning-tickets[demo]'" in last
+    assert not (tmp_path / "summary.png").exists()
