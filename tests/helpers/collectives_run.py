@@ -27,12 +27,14 @@ def inputs(rank: int) -> dict:
             "f32": torch.full((3, 4), float(rank + 1)),
             "i64": torch.arange(5, dtype=torch.int64) * (rank + 1),
             "f16": torch.randn(6, generator=g).to(torch.float16),
+            "empty": torch.zeros(2, 0),
             "nc": base.t(),  # a non-contiguous view (broadcast through a contiguous buffer, copied back)
         },
         "masks": {
             "m7": torch.rand(7, generator=g) < 0.5,
             "m35": torch.rand(3, 5, generator=g) < 0.5,
             "m64": torch.rand(8, 8, generator=g) < 0.3,
+            "empty": torch.zeros(0, 4, dtype=torch.bool),
         },
         "object": {"rank": rank, "names": [f"w{rank}"] * (rank + 1)},
         "sum": torch.tensor([rank + 1, 10 * (rank + 1)], dtype=torch.int64),
