@@ -70,11 +70,12 @@ def restore_snapshot(params: Mapping[str, torch.Tensor], snapshot: Mapping[str, 
     missing = [n for n in snapshot if n not in params]
     if missing:
         raise KeyError(f"snapshot tensors not found in the model: {missing[:5]}")
+    for name, value in snapshot.items():  # check every shape before copying anything: never half-restored
+        if params[name].shape != value.shape:
+            shape, live = tuple(value.shape), tuple(params[name].shape)
+            raise ValueError(f"snapshot tensor {name!r} has shape {shape}, model has {live}")
     for name, value in snapshot.items():
-        p = params[name]
-        if p.shape != value.shape:
-            raise ValueError(f"snapshot tensor {name!r} has shape {tuple(value.shape)}, model has {tuple(p.shape)}")
-        p.copy_(value)
+        params[name].copy_(value)
 
 
 def reset_optimizers(trainer) -> None:

@@ -224,23 +224,26 @@ class RoundPlan:
             self._check_validation_at_round_ends(trainer, monitor, from_round)
 
     def _check_validation_at_round_ends(self, trainer: Any, monitor: str | None, from_round: int) -> None:
-        vci = trainer.val_check_interval
-        if isinstance(vci, int) and trainer.check_val_every_n_epoch is None and self.steps_per_round % vci != 0:
+        vci, acc = trainer.val_check_interval, max(1, int(trainer.accumulate_grad_batches))
+        batches = self.steps_per_round * acc  # val_check_interval counts training batches, not optimizer steps
+        if isinstance(vci, int) and trainer.check_val_every_n_epoch is None and batches % vci != 0:
             raise ValueError(
-                f"steps_per_round={self.steps_per_round} is not a multiple of val_check_interval={vci}: the score of "
-                f"a round must come from a validation at its end; set val_check_interval={self.steps_per_round}"
+                f"steps_per_round={self.steps_per_round}"
+                + (f" ({batches} batches)" if acc > 1 else "")
+                + f" is not a multiple of val_check_interval={vci}: the score of a round must come from a validation "
+                f"at its end; set val_check_interval={batches}"
             )
         nb, vcb = trainer.num_training_batches, trainer.val_check_batch
         if not isinstance(nb, int) or nb < 1 or vcb is None or vcb == float("inf"):
             return  # unknown lengths: the check at each round end still applies
-        acc, every = max(1, int(trainer.accumulate_grad_batches)), trainer.check_val_every_n_epoch
+        every = trainer.check_val_every_n_epoch
         for k in range(from_round + 1, self.num_rounds + 1):
             t = k * self.steps_per_round * acc - 1  # index of the last batch of round k-1
             epoch, bi = divmod(t, nb)
             if every is None:
                 ok = (t + 1) % int(vcb) == 0
             else:
-                ok = (epoch + 1) % every == 0 and ((bi + 1) % int(vcb) == 0 or bi == nb - 1)
+                ok = (epoch + 1) % every == 0 and (bi + 1) % int(vcb) == 0  # as Lightning's _should_check_val_fx
             if not ok:
                 raise ValueError(
                     f"round {k} ends at step {k * self.steps_per_round} (epoch {epoch}, batch {bi}) but no validation "

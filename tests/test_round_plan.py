@@ -186,9 +186,9 @@ def test_epoch_rewind_in_steps_mode(k, refused):
     plan = RoundPlan(SPARSITIES, steps_per_round=20, rewind=point(f"epoch:{k}"))  # 10 steps per epoch
     if refused:
         with pytest.raises(ValueError, match=rf"rewind='epoch:{k}' points past round 0, which has 20 optimizer steps"):
-            plan.check(trainer(val_check_batch=20), "val/acc", True)
+            plan.check(trainer(), "val/acc", True)
     else:
-        plan.check(trainer(val_check_batch=20), "val/acc", True)
+        plan.check(trainer(), "val/acc", True)  # rounds of 2 epochs, validated at every epoch end
 
 
 def test_val_check_interval_must_divide_steps_per_round():
@@ -259,13 +259,6 @@ def test_later_rounds_only_are_checked_when_resuming():
     plan.check(t, "val/acc", True, from_round=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedule.py _check_validation_at_round_ends: the val_check_interval test compares steps_per_round "
-    "(optimizer steps) with val_check_interval (training batches); with accumulate_grad_batches=2 a round is 20 "
-    "batches and val_check_interval=20 validates at every round end, yet the plan is refused (and the message "
-    "asks for val_check_interval=10, while the per-round check asks for steps_per_round * accumulate = 20)",
-)
 @pytest.mark.parametrize("vci", [20, 4])
 def test_val_check_interval_counts_batches_with_gradient_accumulation(vci):
     t = trainer(
@@ -278,13 +271,6 @@ def test_val_check_interval_counts_batches_with_gradient_accumulation(vci):
     RoundPlan(SPARSITIES, steps_per_round=10).check(t, "val/acc", True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedule.py _check_validation_at_round_ends accepts a round that ends on an epoch's last batch "
-    "(`or bi == nb - 1`), but Lightning 2.6 validates there only when (batch + 1) % val_check_batch == 0 "
-    "(training_epoch_loop._should_check_val_fx): with 10 batches and val_check_interval=3 validation runs after "
-    "batches 3, 6, 9 only, and the run fails at the end of round 0 with the callback's RuntimeError",
-)
 def test_epoch_end_is_not_validated_when_val_check_batch_does_not_divide_it():
     t = trainer(val_check_interval=3, val_check_batch=3, check_val_every_n_epoch=1)
     with pytest.raises(ValueError, match="no validation is scheduled there"):
