@@ -24,6 +24,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
+from lightning_tickets.early_bird import EarlyBird, EarlyBirdTracker
+from lightning_tickets.fixed_ticket import _FixedTicketDispatch
 from lightning_tickets.layout import mask_store_for, named_parameters
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.report import relative_score
@@ -37,18 +39,6 @@ __all__ = ["LotteryTicketCallback", "steps_per_round"]
 
 #: Former name of :func:`lightning_tickets.schedule.round_length`.
 steps_per_round = round_length
-
-
-class _FixedTicketDispatch(type):
-    """``LotteryTicketCallback(ticket=PATH, ...)`` builds a :class:`~lightning_tickets.fixed_ticket.FixedTicketCallback`
-    (done in the metaclass, so ``__init__``'s signature stays what LightningCLI / jsonargparse read)."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls.__name__ == "LotteryTicketCallback" and kwargs.get("ticket") is not None:
-            from lightning_tickets.fixed_ticket import FixedTicketCallback
-
-            return FixedTicketCallback(*args, **kwargs)
-        return super().__call__(*args, **kwargs)
 
 
 class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
@@ -102,6 +92,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         cpu_float_masks: for parameters on the CPU, multiply by a cached copy of the mask in the weights' dtype
             (about 2x faster than a bool multiply on CPU, +4 B/weight of host memory; see docs/performance.md).
             Masks on accelerators are always applied as bool (1 B/weight). The saved state is bool either way.
+        early_bird: :class:`~lightning_tickets.early_bird.EarlyBird` (or a dict of its fields): end a round once the
+            next round's mask has converged; ``one_shot=True`` draws one ticket early (docs/callback.md, Early-bird).
 
     Example:
         >>> cb = LotteryTicketCallback(0.7, schedule="geometric", rate=0.5, steps_per_round=100, monitor=None)
@@ -136,6 +128,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         snapshot_device: str = "cpu",
         plot: bool = True,
         cpu_float_masks: bool = True,
+        early_bird: Optional[EarlyBird] = None,
     ) -> None:
         if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init":
             raise ValueError(
@@ -165,6 +158,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             sparsities = nm_schedule(*self._nm, schedule, rate)
         else:
             sparsities = sparsity_schedule(target_sparsity, schedule, rate)
+        self._early = EarlyBirdTracker(early_bird, method)
+        self.early_bird, sparsities = self._early.config, self._early.schedule(sparsities)
         self.round_plan = RoundPlan(sparsities, epochs_per_round, steps_per_round, RewindPoint.parse(rewind))
         self.sparsities = sparsities
         self.target_sparsity = sparsities[-1]
@@ -190,6 +185,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             "rewind_head": self.rewind_head,
             "reset_optimizer": self.reset_optimizer,
             "scope": self.scope.to_dict(),
+            "early_bird": self._early.settings(),
             **super()._settings(),
         }
 
@@ -214,6 +210,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         st = self.state
         if not st.finished:
             self.round_plan.check(trainer, self.monitor, self._run.validates, from_round=st.round)
+            self._early.check_trainer(trainer, self.round_plan, self._scored())
         self._ticket_dir().prepare(
             trainer.strategy, trainer.is_global_zero, st.run_id, len(st.rows) if resuming else None
         )
@@ -270,7 +267,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         done = trainer.global_step - st.round_start_step
         if self.rewind.kind == "step" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
-        if self.steps_per_round is not None and done >= self.steps_per_round and not st.boundary:
+        early = self._early.on_batch_end(self, trainer, pl_module, done) and not self._scored()  # else: at validation
+        if self.steps_per_round is not None and (done >= self.steps_per_round or early) and not st.boundary:
             st.boundary = True
             if not self._scored():
                 self._finish_round(trainer, pl_module)
@@ -278,7 +276,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         st = self.state
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and st.boundary and not st.pending_transition:
+        ends = st.boundary or st.early_bird_converged  # early-bird: the first validation after convergence
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and ends and not st.pending_transition:
             if self.steps_per_round is not None and not st.finished:
                 self._finish_round(trainer, pl_module)
 
@@ -289,7 +288,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
         done = trainer.current_epoch + 1 - st.round_start_epoch
         if self.rewind.kind == "epoch" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
-        if self.epochs_per_round is None or done < self.epochs_per_round:
+        early = st.early_bird_converged and (not self._scored() or st.last_val_step == trainer.global_step)
+        if self.epochs_per_round is None or (done < self.epochs_per_round and not early):
             return
         st.boundary = True
         if self._scored() and st.last_val_step != trainer.global_step:
@@ -318,7 +318,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
     # ------------------------------------------------------------------ round logic
     def _finish_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         st, store = self.state, self._run.store
-        score = self._round_score(trainer)
+        score = None if st.round > 0 and self._early.one_shot else self._round_score(trainer)  # one-shot: untrained
         if score is not None and math.isnan(score):
             rank_zero_warn(
                 f"round {st.round}'s score {self.monitor}={score} is not a number: recorded as null in summary.json "
@@ -336,6 +336,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             "ticket": self._ticket_dir().round_path(st.round).name,
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
+            **self._early.close_round(st, trainer, self.round_plan),
         }
         st.rows.append(row)
         full = store.full_masks(masks)  # a collective on sharded layouts: every rank takes part
@@ -355,6 +356,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
             + ("" if score is None else f", {self.monitor}={score:.4f}")
             + ("" if rel is None else f" ({rel:.3f} of dense)")
         )
+        if self._early.one_shot and st.pending_transition:  # draw the ticket now from the trained weights, stop
+            self._transition(trainer, pl_module)
+            self._finish_round(trainer, pl_module)
 
     def _ticket_metadata(self, trainer: pl.Trainer, pl_module: pl.LightningModule, score: float | None) -> dict:
         st = self.state
@@ -384,7 +388,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=_FixedTicketDispatch):
     def _run_info(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "mode": self.mode, "tolerance": self.tolerance, "method": self.method,
                 "granularity": self.granularity, "rewind": str(self.rewind), "schedule": self.schedule,
-                "rate": self.rate, "sparsities": self.sparsities, "target_sparsity": self.target_sparsity}  # fmt: skip
+                "rate": self.rate, "sparsities": self.sparsities, "target_sparsity": self.target_sparsity,
+                "early_bird": self._early.settings()}  # fmt: skip
 
     def _summary(self) -> dict[str, Any]:
         return build_summary(self._run_info(), self.state)

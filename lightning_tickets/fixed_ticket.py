@@ -31,6 +31,17 @@ from lightning_tickets.ticket_dir import build_summary
 __all__ = ["FixedTicketCallback"]
 
 
+class _FixedTicketDispatch(type):
+    """``LotteryTicketCallback(ticket=PATH, ...)`` builds a :class:`FixedTicketCallback` (done in the metaclass of
+    :class:`~lightning_tickets.LotteryTicketCallback`, so its ``__init__`` signature stays what LightningCLI /
+    jsonargparse read)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls.__name__ == "LotteryTicketCallback" and kwargs.get("ticket") is not None:
+            return FixedTicketCallback(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
 class FixedTicketCallback(TicketCallbackBase):
     """Train with a fixed ticket (no pruning rounds). Arguments as :class:`LotteryTicketCallback`'s ``ticket*``,
     ``scope`` (only for the ticket-match report), ``monitor``, ``mode``, ``tolerance``, ``ticket_dir`` (where

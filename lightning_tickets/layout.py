@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import torch
 
-from lightning_tickets.distributed import broadcast_masks, broadcast_tensors_, is_distributed
+from lightning_tickets.distributed import all_reduce_sum, broadcast_masks, broadcast_tensors_, is_distributed
 from lightning_tickets.masks import sparsity_of
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.rewind import restore_snapshot, take_snapshot
@@ -104,6 +104,10 @@ class MaskStore:
         """Fraction pruned over the whole scope."""
         return sparsity_of(masks)
 
+    def count_sum(self, counts: torch.Tensor) -> torch.Tensor:
+        """Counts taken on this rank's masks summed over the whole scope (sharded: over all ranks' shards)."""
+        return counts
+
     def densities(self, masks: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
         """``{name: (kept, total)}`` per tensor over the whole scope (full tensors, every rank)."""
         return {n: (int(m.count_nonzero()), m.numel()) for n, m in masks.items()}
@@ -165,6 +169,9 @@ class ShardedMaskStore(MaskStore):
 
     def sparsity(self, masks: Mapping[str, torch.Tensor]) -> float:
         return global_sparsity(masks)
+
+    def count_sum(self, counts: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(counts)
 
     def densities(self, masks: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
         full = gather_masks(masks, self.params, dst=None)

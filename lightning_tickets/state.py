@@ -66,6 +66,10 @@ class RunState:
         settings: the callback settings the run was started with (a resume compares them).
         scope_names: the parameters in the pruning scope, in order (a resume checks the model has the same).
         early_stop_warned: an early stop before the last round has already been reported.
+        early_bird_prev: early-bird rounds: the mask of this round's last check, bit-packed (``{name: {"shape",
+            "bits"}}``, local shards when sharded; see :mod:`lightning_tickets.early_bird`).
+        early_bird_checks: this round's checks, ``{"step", "distance"}`` each (distance ``None`` at the first).
+        early_bird_converged: the round's mask has converged: it ends at the next validation / epoch end.
     """
 
     round: int = 0
@@ -87,10 +91,19 @@ class RunState:
     settings: dict[str, Any] = field(default_factory=dict)
     scope_names: list[str] = field(default_factory=list)
     early_stop_warned: bool = False
+    early_bird_prev: dict[str, dict[str, Any]] | None = None
+    early_bird_checks: list[dict[str, Any]] = field(default_factory=list)
+    early_bird_converged: bool = False
 
 
 def _identity(x: Any) -> Any:
     return x
+
+
+def _repacked(packed: dict[str, dict[str, Any]], convert: Callable[[Masks], Masks]) -> dict[str, dict[str, Any]]:
+    """Bit-packed masks passed through a full / local conversion (identity on plain layouts), packed again."""
+    masks = convert({n: unpack_bits(v["bits"], v["shape"]) for n, v in packed.items()})
+    return {n: {"shape": list(m.shape), "bits": pack_bits(m)} for n, m in masks.items()}
 
 
 def state_to_dict(
@@ -110,6 +123,8 @@ def state_to_dict(
             value = {n: {"shape": list(m.shape), "bits": pack_bits(m)} for n, m in full_masks(value).items()}
         elif f.name == "snapshot" and value is not None:
             value = {n: t.detach().cpu() for n, t in full_snapshot(value).items()}
+        elif f.name == "early_bird_prev" and value is not None:  # packed local shards -> packed full masks
+            value = _repacked(value, full_masks)
         elif isinstance(value, torch.Generator):
             value = value.get_state()
         else:
@@ -140,6 +155,8 @@ def state_from_dict(
             value = local_masks({n: unpack_bits(v["bits"], v["shape"]) for n, v in value.items()})
         elif f.name == "snapshot" and value is not None:
             value = local_snapshot(dict(value))
+        elif f.name == "early_bird_prev" and value is not None:
+            value = _repacked(value, local_masks)
         elif f.name == "generator":
             gen = torch.Generator()
             if value is not None:
