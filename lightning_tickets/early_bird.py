@@ -202,6 +202,8 @@ class EarlyBirdTracker:
         nxt = state.round + 1
         if cfg is None or state.early_bird_converged or nxt >= len(sparsities) or done <= 0 or done % cfg.every:
             return state.early_bird_converged
+        if callback.steps_per_round is not None and done >= callback.steps_per_round:
+            return False  # the round ends here anyway
         step = int(trainer.global_step)
         if state.early_bird_checks and state.early_bird_checks[-1]["step"] == step:
             return False  # gradient accumulation: several batches end at this optimizer step
