@@ -41,8 +41,13 @@ __all__ = ["EarlyBird", "EarlyBirdTracker", "hamming_distance", "packed_distance
 Masks = Mapping[str, torch.Tensor]
 Packed = Mapping[str, Mapping[str, Any]]  # {name: {"shape": [...], "bits": uint8 tensor}} (see bits.pack_bits)
 
-#: number of set bits of every byte value
-_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
+
+def _popcount(x: torch.Tensor) -> int:
+    """Set bits in a ``uint8`` tensor (SWAR bit counting per byte: no wider temporary than the input)."""
+    x = x - ((x >> 1) & 0x55)
+    x = (x & 0x33) + ((x >> 2) & 0x33)
+    x = (x + (x >> 4)) & 0x0F
+    return int(x.sum(dtype=torch.int64))
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ def packed_distance(a: Packed, b: Packed) -> tuple[int, int]:
         y = b[n]
         if list(x["shape"]) != list(y["shape"]):
             raise ValueError(f"mask {n!r} has shape {list(x['shape'])} in one mask and {list(y['shape'])} in the other")
-        diff += int(_POPCOUNT[torch.bitwise_xor(x["bits"], y["bits"]).long()].sum())  # padding bits are 0 in both
+        diff += _popcount(torch.bitwise_xor(x["bits"], y["bits"]))  # padding bits are 0 in both
         numel = 1
         for s in x["shape"]:
             numel *= int(s)

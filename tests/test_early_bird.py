@@ -66,6 +66,14 @@ def test_packed_distance_random_masks_against_elementwise_count():
         assert packed_distance(pa, pb) == (expected, numel)
 
 
+def test_popcount_of_every_byte_value():
+    from lightning_tickets.early_bird import _popcount
+
+    for v in range(256):
+        assert _popcount(torch.tensor([v], dtype=torch.uint8)) == bin(v).count("1"), v
+    assert _popcount(torch.arange(256, dtype=torch.uint8)) == 8 * 128
+
+
 def test_packed_distance_refuses_different_masks():
     a = {"w": {"shape": [3], "bits": pack_bits(torch.ones(3, dtype=torch.bool))}}
     with pytest.raises(ValueError, match="different parameters"):
