@@ -9,11 +9,13 @@ Example:
 
 from lightning_tickets.__about__ import __version__
 from lightning_tickets.callback import LotteryTicketCallback
+from lightning_tickets.early_bird import EarlyBird
 from lightning_tickets.fixed_ticket import FixedTicketCallback
 from lightning_tickets.schedule import round_length, steps_per_round
 from lightning_tickets.ticket import Ticket, TicketError
 
 __all__ = [
+    "EarlyBird",
     "FixedTicketCallback",
     "LotteryTicketCallback",
     "Ticket",

@@ -24,10 +24,11 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_tickets.base_callback import TicketCallbackBase, _Runtime
+from lightning_tickets.early_bird import EarlyBird, EarlyBirdTracker
 from lightning_tickets.fixed_ticket import FixedTicketDispatch
 from lightning_tickets.layout import mask_store_for, named_parameters
 from lightning_tickets.loggers import log_round
-from lightning_tickets.loops import run_missed_validation, warn_if_stopped_early
+from lightning_tickets.loops import catch_up, warn_if_stopped_early
 from lightning_tickets.pruner import Pruner
 from lightning_tickets.report import relative_score
 from lightning_tickets.rewind import RewindPoint, reset_optimizers
@@ -87,6 +88,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         plot: write ``summary.png`` (needs matplotlib) at the end of IMP.
         cpu_float_masks: on the CPU, multiply by a cached copy of the masks in the weights' dtype (~2x faster than
             bool, +4 B/weight; docs/performance.md). Accelerators always apply bool masks; saved masks are bool.
+        early_bird: :class:`~lightning_tickets.early_bird.EarlyBird` (or a dict of its fields): end a round once the
+            next round's mask has converged; ``one_shot=True`` draws one ticket early (docs/callback.md, Early-bird).
 
     Example:
         >>> cb = LotteryTicketCallback(0.7, schedule="geometric", rate=0.5, steps_per_round=100, monitor=None)
@@ -125,6 +128,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         score: Union[str, ScoreFn] = "magnitude",
         min_density: float = 0.0,
         collapse_threshold: Optional[float] = 0.05,
+        early_bird: Optional[EarlyBird] = None,
     ) -> None:
         if ticket_remap is not None or ticket_mask != "ticket" or ticket_weights != "init" or trust_checkpoint:
             raise ValueError(
@@ -142,6 +146,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             sparsities = nm_schedule(*self._nm, schedule, rate)
         else:
             sparsities = sparsity_schedule(target_sparsity, schedule, rate)
+        self._early = EarlyBirdTracker(early_bird, self.method)
+        self.early_bird, sparsities = self._early.config, self._early.schedule(sparsities)
         self.round_plan = RoundPlan.of_rounds(sparsities, epochs_per_round, steps_per_round, RewindPoint.parse(rewind))
         self.sparsities = sparsities
         self.target_sparsity = sparsities[-1]
@@ -160,7 +166,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
                 "score": score_name(self.score), "min_density": self.min_density, "granularity": self.granularity,
                 "epochs_per_round": self.epochs_per_round, "steps_per_round": self.steps_per_round,
                 "rewind_head": self.rewind_head, "reset_optimizer": self.reset_optimizer,
-                "scope": self.scope.to_dict(), **super()._settings()}  # fmt: skip
+                "early_bird": self._early.settings(), "scope": self.scope.to_dict(), **super()._settings()}  # fmt: skip
 
     # ------------------------------------------------------------------ start
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -185,6 +191,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         st = self.state
         if not st.finished:
             self.round_plan.check(trainer, self.monitor, self._run.validates, from_round=st.round)
+            self._early.check_trainer(trainer, self.round_plan, self._scored())
         self._ticket_dir().prepare(
             trainer.strategy, trainer.is_global_zero, st.run_id, len(st.rows) if resuming else None
         )
@@ -193,7 +200,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
                 f"[lightning-tickets] resumed run {st.run_id or '(no id)'} in round {st.round} at sparsity "
                 f"{self.sparsities[min(st.round, self.num_rounds - 1)]:.2%}"
             )
-            self._catch_up(trainer, pl_module)
+            catch_up(self, trainer, pl_module)
             return
         st.settings, st.scope_names = self._settings(), list(params)
         # θ0 must be identical on every rank (rank 0's): before the snapshot
@@ -244,7 +251,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         done = trainer.global_step - st.round_start_step
         if self.rewind.kind == "step" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
-        if self.steps_per_round is not None and done >= self.steps_per_round and not st.boundary:
+        early = self._early.on_batch_end(self, trainer, pl_module, done) and not self._scored()  # else: at validation
+        if self.steps_per_round is not None and (done >= self.steps_per_round or early) and not st.boundary:
             st.boundary = True
             if not self._scored():
                 self._finish_round(trainer, pl_module)
@@ -252,7 +260,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         st = self.state
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and st.boundary and not st.pending_transition:
+        ends = st.boundary or st.early_bird_converged  # early-bird: the first validation after convergence
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and ends and not st.pending_transition:
             if self.steps_per_round is not None and not st.finished:
                 self._finish_round(trainer, pl_module)
 
@@ -279,7 +288,8 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         done = epoch + 1 - st.round_start_epoch
         if self.rewind.kind == "epoch" and st.round == 0 and st.snapshot is None and done >= self.rewind.k:
             st.snapshot = self._take_snapshot(pl_module)
-        if self.epochs_per_round is None or done < self.epochs_per_round:
+        early = st.early_bird_converged and (not self._scored() or st.last_val_step == trainer.global_step)
+        if self.epochs_per_round is None or (done < self.epochs_per_round and not early):
             return
         st.boundary = True
         if self._scored() and st.last_val_step != trainer.global_step:
@@ -289,22 +299,6 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
                 f"epochs_per_round={self.epochs_per_round}"
             )
         self._finish_round(trainer, pl_module)
-
-    def _catch_up(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """After a resume: do what Lightning skipped because the checkpoint was saved at a batch end (the validation
-        that scores a round that ended there; the end of an epoch whose last batch it was)."""
-        st = self.state
-        epoch_end_skipped = st.epoch_end_pending and st.last_val_step != trainer.global_step  # else: val-end ckpt
-        if st.finished:
-            return
-        if self.steps_per_round is not None:
-            unscored = st.boundary and not st.pending_transition
-        else:
-            unscored = epoch_end_skipped and st.epoch + 1 - st.round_start_epoch >= self.epochs_per_round
-        if unscored and self._scored():
-            run_missed_validation(trainer)  # steps mode: -> on_validation_end -> _finish_round
-        if epoch_end_skipped:
-            self._epoch_end(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._loaded is not None:  # resumed at the very last step: Lightning skipped training (and its hooks)
@@ -329,7 +323,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
     # ------------------------------------------------------------------ round logic
     def _finish_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         st, store = self.state, self._run.store
-        score = self._round_score(trainer)
+        score = None if st.round > 0 and self._early.one_shot else self._round_score(trainer)  # one-shot: untrained
         if score is not None and math.isnan(score):
             rank_zero_warn(
                 f"round {st.round}'s score {self.monitor}={score} is not a number: recorded as null in summary.json "
@@ -348,6 +342,7 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             "step": trainer.global_step,
             "epoch": st.epoch,
             **density_facts(store.densities(masks), self.collapse_threshold),
+            **self._early.close_round(st, trainer, self.round_plan),
         }
         st.rows.append(row)
         log_round(trainer, st.rows, st.dense_score, self.tolerance, self.mode)
@@ -368,6 +363,9 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
             + ("" if score is None else f", {self.monitor}={score:.4f}")
             + ("" if rel is None else f" ({rel:.3f} of dense)")
         )
+        if self._early.one_shot and st.pending_transition:  # draw the ticket now from the trained weights, stop
+            self._transition(trainer, pl_module)
+            self._finish_round(trainer, pl_module)
 
     def _transition(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the next round: new mask from the trained weights, rewind, zero pruned weights, schedule a reset."""
@@ -392,4 +390,4 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         return {**super()._run_info(), "method": self.method, "granularity": self.granularity,
                 "rewind": str(self.rewind), "schedule": self.schedule, "rate": self.rate,
                 "pruning_score": score_name(self.score), "min_density": self.min_density,
-                "collapse_threshold": self.collapse_threshold}  # fmt: skip
+                "collapse_threshold": self.collapse_threshold, "early_bird": self._early.settings()}  # fmt: skip

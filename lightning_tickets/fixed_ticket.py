@@ -30,6 +30,17 @@ from lightning_tickets.ticket import Ticket
 __all__ = ["FixedTicketCallback", "FixedTicketDispatch"]
 
 
+class _FixedTicketDispatch(type):
+    """``LotteryTicketCallback(ticket=PATH, ...)`` builds a :class:`FixedTicketCallback` (done in the metaclass of
+    :class:`~lightning_tickets.LotteryTicketCallback`, so its ``__init__`` signature stays what LightningCLI /
+    jsonargparse read)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls.__name__ == "LotteryTicketCallback" and kwargs.get("ticket") is not None:
+            return FixedTicketCallback(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
 class FixedTicketCallback(TicketCallbackBase):
     """Train with a fixed ticket (no pruning rounds): one round, the whole fit.
 

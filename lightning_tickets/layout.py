@@ -104,6 +104,10 @@ class MaskStore:
         """Fraction pruned over the whole scope."""
         return sparsity_of(masks)
 
+    def count_sum(self, counts: torch.Tensor) -> torch.Tensor:
+        """Counts taken on this rank's masks summed over the whole scope (sharded: over all ranks' shards)."""
+        return counts
+
     def densities(self, masks: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
         """``{name: (kept, total)}`` per tensor over the whole scope (full tensors, every rank)."""
         return {n: (int(m.count_nonzero()), m.numel()) for n, m in masks.items()}
@@ -167,6 +171,9 @@ class ShardedMaskStore(MaskStore):
 
     def sparsity(self, masks: Mapping[str, torch.Tensor]) -> float:
         return global_sparsity(masks)
+
+    def count_sum(self, counts: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(counts)
 
     def densities(self, masks: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
         # every weight lives in exactly one rank's shard: sum the local counts (no gather of the masks)

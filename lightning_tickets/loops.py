@@ -17,7 +17,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-__all__ = ["early_stopper", "run_missed_validation", "warn_if_stopped_early"]
+__all__ = ["catch_up", "early_stopper", "run_missed_validation", "warn_if_stopped_early"]
 
 
 def run_missed_validation(trainer: Any) -> None:
@@ -52,3 +52,21 @@ def warn_if_stopped_early(trainer: Any, state: Any, sparsities: Sequence[float])
             "'With EarlyStopping and ModelCheckpoint') and resume from a checkpoint"
         )
     return stopper is not None
+
+
+def catch_up(cb: Any, trainer: Any, pl_module: Any) -> None:
+    """After a resume of ``cb`` (a :class:`~lightning_tickets.callback.LotteryTicketCallback`): do what Lightning
+    skipped because the checkpoint was saved at a batch end: the validation that scores a round that ended there,
+    and the end of an epoch whose last batch it was (``cb._epoch_end``)."""
+    st = cb.state
+    epoch_end_skipped = st.epoch_end_pending and st.last_val_step != trainer.global_step  # else: a val-end ckpt
+    if st.finished:
+        return
+    if cb.steps_per_round is not None:
+        unscored = st.boundary and not st.pending_transition
+    else:
+        unscored = epoch_end_skipped and st.epoch + 1 - st.round_start_epoch >= cb.epochs_per_round
+    if unscored and cb._scored():
+        run_missed_validation(trainer)  # steps mode: -> on_validation_end -> _finish_round
+    if epoch_end_skipped:
+        cb._epoch_end(trainer, pl_module)

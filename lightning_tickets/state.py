@@ -73,6 +73,10 @@ class RunState:
         score_sums: accumulated importance of the round being trained, by parameter name (``score="taylor"``:
             float32 sums of ``|w * grad|`` over its optimizer steps; empty otherwise and after each mask
             computation). Saved on the host, moved back to the parameters' devices at the next step.
+        early_bird_prev: early-bird rounds: the mask of this round's last check, bit-packed (``{name: {"shape",
+            "bits"}}``, local shards when sharded; see :mod:`lightning_tickets.early_bird`).
+        early_bird_checks: this round's checks, ``{"step", "distance"}`` each (distance ``None`` at the first).
+        early_bird_converged: the round's mask has converged: it ends at the next validation / epoch end.
     """
 
     round: int = 0
@@ -98,10 +102,19 @@ class RunState:
     scope_names: list[str] = field(default_factory=list)
     early_stop_warned: bool = False
     score_sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    early_bird_prev: dict[str, dict[str, Any]] | None = None
+    early_bird_checks: list[dict[str, Any]] = field(default_factory=list)
+    early_bird_converged: bool = False
 
 
 def _identity(x: Any) -> Any:
     return x
+
+
+def _repacked(packed: dict[str, dict[str, Any]], convert: Callable[[Masks], Masks]) -> dict[str, dict[str, Any]]:
+    """Bit-packed masks passed through a full / local conversion (identity on plain layouts), packed again."""
+    masks = convert({n: unpack_bits(v["bits"], v["shape"]) for n, v in packed.items()})
+    return {n: {"shape": list(m.shape), "bits": pack_bits(m)} for n, m in masks.items()}
 
 
 def state_to_dict(
@@ -123,6 +136,8 @@ def state_to_dict(
             value = {n: t.detach().cpu() for n, t in full_snapshot(value).items()}
         elif f.name == "score_sums":
             value = {n: t.detach().to("cpu", copy=True) for n, t in value.items()}
+        elif f.name == "early_bird_prev" and value is not None:  # packed local shards -> packed full masks
+            value = _repacked(value, full_masks)
         elif isinstance(value, torch.Generator):
             value = value.get_state()
         else:
@@ -153,6 +168,8 @@ def state_from_dict(
             value = local_masks({n: _unpack(n, v) for n, v in value.items()})
         elif f.name == "snapshot" and value is not None:
             value = local_snapshot(dict(value))
+        elif f.name == "early_bird_prev" and value is not None:
+            value = _repacked(value, local_masks)
         elif f.name == "generator":
             gen = torch.Generator()
             if value is not None:

@@ -156,3 +156,22 @@ def test_reproduce_doc_names_existing_configs():
     text = (ROOT / "docs" / "reproduce.md").read_text()
     named = set(re.findall(r"`((?:uniter|lxmert|vilt)_\w+)\.yaml`", text))
     assert named == set(PAPER)
+
+
+def test_early_bird_yaml_sets_the_dataclass(monkeypatch, capsys):
+    """``early_bird:`` in yaml reaches the callback as an EarlyBird (jsonargparse builds the nested dataclass), and
+    the Trainer validates on a fixed step grid (early ends happen at validations)."""
+    from lightning_tickets import LotteryTicketCallback
+    from lightning_tickets.early_bird import EarlyBird
+
+    config = print_config(EXAMPLES / "toy" / "early_bird.yaml", monkeypatch, capsys)
+    args = ticket_callback(config)
+    assert args["early_bird"] == {"every": 10, "threshold": 0.02, "window": 3, "one_shot": False}
+    trainer = config["trainer"]
+    assert trainer["check_val_every_n_epoch"] is None and args["steps_per_round"] % trainer["val_check_interval"] == 0
+    assert LotteryTicketCallback(**args).early_bird == EarlyBird(every=10, threshold=0.02, window=3)
+    monkeypatch.setattr(sys, "argv", ["lightning-tickets"])
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(EXAMPLES / "toy" / "early_bird.yaml"), "--print_config",
+              "--trainer.callbacks.init_args.early_bird.one_shot=true"])  # fmt: skip
+    assert ticket_callback(yaml.safe_load(capsys.readouterr().out))["early_bird"]["one_shot"] is True

@@ -25,3 +25,18 @@ def test_ddp_ranks_agree_on_masks_theta0_and_weights(tmp_path, strategy, method)
         assert torch.equal(t, r0["theta0"][n])
     ticket = Ticket.load(tmp_path / "tickets" / "round-02.safetensors")
     assert all(torch.equal(ticket.masks[n], r0["masks"][n]) for n in ticket.masks)
+
+
+def test_ddp_early_bird_decision_is_rank_zeros(tmp_path):
+    """Rank 1 measures every distance as 1.0 and would never end a round early; rank 0's distances (broadcast) decide:
+    both ranks record them and end rounds 0 and 1 at the end of their first epoch (checks at 2 and 4 steps)."""
+    run_helper("ddp_run.py", "early_bird", "ddp", tmp_path, cwd=tmp_path, timeout=300)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert r0["results"] == r1["results"] and r0["steps"] == r1["steps"] == 4 + 4 + 12
+    assert [r["step"] for r in r0["results"]] == [4, 8, 20]
+    for row in r0["results"][:2]:
+        e = row["early_bird"]
+        assert e["ended_early"] and e["distances"][0] is None and e["distances"][1] < 0.5
+    for n in r0["masks"]:
+        assert torch.equal(r0["masks"][n], r1["masks"][n]), n

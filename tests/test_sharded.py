@@ -189,3 +189,24 @@ def test_fsdp2_fixed_ticket_scatters_a_full_ticket(imp_runs, tmp_path):
         assert bool((f0["final"][n][m] != 0).all())  # kept weights are not zeroed
     summary = json.loads((tmp_path / "fixed" / "summary.json").read_text())
     assert summary["rounds"][0]["sparsity"] == pytest.approx(ticket.sparsity)
+
+
+def test_fsdp2_early_bird_equals_ddp_and_resumes_mid_window(tmp_path):
+    """Early-bird rounds under FSDP2: the distances (differing bits summed over both ranks' shards) and the early ends
+    equal DDP's; a resume from the checkpoint at the end of epoch 0 (mid round 0: 4 checks into a window of 4, the
+    previous mask packed per shard, gathered into the checkpoint and scattered back) ends the same rounds."""
+    ddp, fsdp, resumed = tmp_path / "ddp", tmp_path / "fsdp2", tmp_path / "resumed"
+    run_helper("sharded_run.py", "ddp", str(ddp), "--early-bird", "--max-epochs", "9", cwd=ddp)
+    run_helper("sharded_run.py", "fsdp2", str(fsdp), "--early-bird", "--max-epochs", "9", "--ckpt-every-round",
+               cwd=fsdp)  # fmt: skip
+    d0, _ = _dumps(ddp)
+    f0, f1 = _dumps(fsdp)
+    assert f0["results"] == f1["results"] == d0["results"]
+    assert [(r["step"], r["epoch"]) for r in d0["results"]] == [(16, 1), (32, 3), (56, 6)]
+    assert [r["early_bird"]["converged_step"] for r in d0["results"]] == [10, 26, None]
+    assert all(0 < d < 0.5 for d in d0["results"][0]["early_bird"]["distances"][1:])
+    resumed.mkdir()
+    shutil.copytree(fsdp / "tickets", resumed / "tickets")
+    run_helper("sharded_run.py", "fsdp2", str(resumed), "--early-bird", "--max-epochs", "9", "--resume",
+               str(fsdp / "ckpt" / "epoch=0.ckpt"), cwd=resumed)  # fmt: skip
+    assert _dumps(resumed)[0]["results"] == f0["results"]

@@ -3,8 +3,11 @@
 Usage:
     python tests/helpers/ddp_run.py toy {ddp,ddp_spawn} OUT_DIR [method]
     python tests/helpers/ddp_run.py adversarial STRATEGY OUT_DIR
+    python tests/helpers/ddp_run.py early_bird STRATEGY OUT_DIR
 
 ``toy``: the toy classifier, unseeded, each rank re-initialised with its own draw (3 rounds to 75 %).
+``early_bird``: the toy run with early-bird rounds; rank 1 measures every distance as 1.0 (it would never converge on
+its own): the ranks must still record rank 0's distances and end the same rounds at the same steps.
 ``adversarial``: VILLA-style adversarial VQA training on a tiny UNITER (2 rounds to 50 %); UNITER without masked
 regions never uses its MRM mask embedding: use ``ddp_find_unused_parameters_true``.
 
@@ -87,6 +90,28 @@ def toy(out: str, method: str = "magnitude") -> tuple[LotteryTicketCallback, L.L
     return cb, RankNoisyToy(), {"datamodule": data, "max_epochs": 3}
 
 
+class DisagreeingToy(RankNoisyToy):
+    """Rank 1 sees every early-bird distance as 1.0 (as if its masks differed completely)."""
+
+    def setup(self, stage):
+        super().setup(stage)
+        if self.global_rank == 1:
+            from lightning_tickets import early_bird
+
+            early_bird.packed_distance = lambda a, b: (1, 1)
+
+
+def early_bird_toy(out: str) -> tuple[LotteryTicketCallback, L.LightningModule, dict]:
+    from lightning_tickets.early_bird import EarlyBird
+
+    cb = LotteryTicketCallback(
+        0.75, rate=0.5, epochs_per_round=3, monitor="val/acc", ticket_dir=str(Path(out) / "tickets"), plot=False,
+        early_bird=EarlyBird(every=2, threshold=0.5, window=1),
+    )  # fmt: skip
+    data = ToyDataModule(num_samples=256, batch_size=32, shuffle=True)  # 4 steps per epoch on each of 2 ranks
+    return cb, DisagreeingToy(), {"datamodule": data, "max_epochs": 9}
+
+
 def adversarial(out: str) -> tuple[LotteryTicketCallback, L.LightningModule, dict]:
     from lightning_tickets.backbones import Uniter
     from lightning_tickets.tasks import VQA
@@ -103,7 +128,7 @@ def adversarial(out: str) -> tuple[LotteryTicketCallback, L.LightningModule, dic
 def main() -> None:
     torch.multiprocessing.set_sharing_strategy("file_system")
     kind, strategy, out, *rest = sys.argv[1:]
-    cb, model, run = {"toy": toy, "adversarial": adversarial}[kind](out, *rest)
+    cb, model, run = {"toy": toy, "adversarial": adversarial, "early_bird": early_bird_toy}[kind](out, *rest)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,

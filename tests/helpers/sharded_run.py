@@ -1,7 +1,10 @@
 """Run the callback on the toy model with 2 CPU processes (gloo): DDP, or FSDP2 through ModelParallelStrategy.
 
 Usage: python tests/helpers/sharded_run.py {ddp,fsdp2} OUT_DIR [--ticket PATH] [--ckpt-every-round] [--resume CKPT]
-       [--max-epochs N] [--accelerator cpu|cuda] [--devices N]   (cuda: see benchmarks/gpu_check.sh)
+       [--max-epochs N] [--accelerator cpu|cuda] [--devices N] [--early-bird]   (cuda: see benchmarks/gpu_check.sh)
+
+``--early-bird``: rounds of 3 epochs with ``EarlyBird(every=2, threshold=0.5, window=4)`` (8 steps per epoch: every
+pruning round converges at its 10th step and ends at the end of its 2nd epoch).
 
 Every rank dumps ``rank{R}.pt``: its local masks and snapshot (shards under FSDP2), the full final weights
 (gathered), the results and the local shard shapes. Seeded: both modes start from the same weights and see the same
@@ -73,15 +76,18 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=3)
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--devices", type=int, default=2)
+    ap.add_argument("--early-bird", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     L.seed_everything(0, verbose=False)
     if args.ticket:
         cb = LotteryTicketCallback(ticket=args.ticket, monitor="val/acc", ticket_dir=str(out / "fixed"), plot=False)
     else:
+        eb = {"every": 2, "threshold": 0.5, "window": 4} if args.early_bird else None
         cb = LotteryTicketCallback(
-            0.75, rate=0.5, epochs_per_round=1, monitor="val/acc", ticket_dir=str(out / "tickets"), plot=False
-        )
+            0.75, rate=0.5, epochs_per_round=3 if eb else 1, monitor="val/acc", ticket_dir=str(out / "tickets"),
+            plot=False, early_bird=eb,
+        )  # fmt: skip
     callbacks = [cb, Dump(cb, out)]
     if args.ckpt_every_round:
         callbacks.append(ModelCheckpoint(dirpath=out / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}"))
