@@ -173,11 +173,11 @@ class LotteryTicketCallback(TicketCallbackBase, metaclass=FixedTicketDispatch):
         """Find the scope and its layout (refusing impossible set-ups before the sanity check)."""
         all_params = named_parameters(pl_module)
         params = dict(resolve_scope(pl_module, self.scope))
-        check_trainer(trainer, pl_module, self, list(params))  # other ticket callbacks, monitored ModelCheckpoint
         pruner = Pruner(self._kind, self.method, self._nm, generator=self.state.generator, score=self.score,
                         min_density=self.min_density, sums=self.state.score_sums)  # fmt: skip
         store = mask_store_for(params, pruner, self.cpu_float_masks)  # refuses what a sharded layout can't do
         pruner.prepare(pl_module, params, self.sparsities)
+        check_trainer(trainer, pl_module, self, list(params))  # other ticket callbacks, monitored ModelCheckpoint
         self._run = _Runtime(store, all_params, self._validates(trainer, pl_module))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

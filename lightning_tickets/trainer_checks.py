@@ -86,7 +86,7 @@ def check_trainer(trainer: Any, pl_module: Any, callback: Any, scope: list[str])
 def _ticket_callbacks(trainer: Any) -> list[Any]:
     from lightning_tickets.base_callback import TicketCallbackBase
 
-    return [cb for cb in trainer.callbacks if isinstance(cb, TicketCallbackBase)]
+    return [cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, TicketCallbackBase)]
 
 
 def all_finished(trainer: Any) -> bool:
