@@ -55,10 +55,11 @@ def _test_question_types() -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def evaluate(model: L.LightningModule, loader) -> tuple[float, dict[str, float]]:
+def evaluate(model: L.LightningModule, loader, types: Sequence[str] | None = None) -> tuple[float, dict[str, float]]:
     """VQA score of the argmax answer over the whole loader (= accuracy for single-answer easy-VQA), overall and per
-    easy-VQA question type (``color`` / ``shape`` / ``yesno``; the loader must serve the package's test split)."""
-    types = _test_question_types()
+    easy-VQA question type (``color`` / ``shape`` / ``yesno``). ``types``: the question type of every question of the
+    loader's split, by ``question_id`` (default: the package's test split)."""
+    types = _test_question_types() if types is None else types
     was_training = model.training
     model.eval()
     total = score = 0.0
